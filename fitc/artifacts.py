@@ -1,0 +1,317 @@
+"""The artifacts passed between pipeline stages: small frozen dataclasses with JSON round-trips.
+
+Contract:
+- every artifact validates itself at construction and raises :class:`ArtifactError` naming the
+  layer and the value that is wrong;
+- field names carry their units (``weight_bits``, ``clock_period_ns``, ``wall_time_s``);
+- layers are always keyed by the torch module's qualified name in the float model
+  (``"net.0"``, ``"stage1.0.conv1"``); later stages keep a map back to that name;
+- ``to_dict()`` returns plain JSON types and ``from_dict(to_dict(x)) == x``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from fitc.errors import ArtifactError, ConfigError
+
+SCHEMA_VERSION = 1
+
+
+def _tuple_of(cls, items) -> tuple:
+    return tuple(x if isinstance(x, cls) else cls.from_dict(x) for x in items)
+
+
+class _Json:
+    """Mixin: to_dict/from_dict for flat frozen dataclasses (nested ones override from_dict)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Json):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = [x.to_dict() if isinstance(x, _Json) else x for x in v]
+            elif isinstance(v, dict):
+                v = {k: (x.to_dict() if isinstance(x, _Json) else x) for k, x in v.items()}
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ArtifactError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in d:
+                v = d[f.name]
+                kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets
+
+
+BUDGET_KINDS = ("size", "bops", "lut", "ff", "dsp", "bram", "latency")
+
+
+@dataclass(frozen=True)
+class Budget(_Json):
+    """A limit on one cost. ``size`` and ``bops`` are fractions of the float model (0 < limit ≤ 1);
+    hardware kinds are absolute (LUT count, DSP count, FF count, BRAM_18K count, latency in cycles)."""
+
+    kind: str
+    limit: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ConfigError(f"unknown budget kind {self.kind!r}; valid kinds: {', '.join(BUDGET_KINDS)}")
+        if not (isinstance(self.limit, (int, float)) and math.isfinite(self.limit) and self.limit >= 0):
+            raise ConfigError(f"budget {self.kind}: limit must be a finite number ≥ 0, got {self.limit!r}")
+        if self.kind in ("size", "bops") and not (0 < self.limit <= 1):
+            raise ConfigError(
+                f"budget {self.kind}={self.limit} must be a fraction of the float model in (0, 1], "
+                f"e.g. {self.kind}=1/16"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """Parse ``"size=1/16"``, ``"size=0.0625"``, ``"bops=0.02"``, ``"lut=20000"``."""
+        if "=" not in text:
+            raise ConfigError(f"budget {text!r} must look like KIND=VALUE, e.g. size=1/16 or lut=20000")
+        kind, value = (s.strip() for s in text.split("=", 1))
+        try:
+            limit = float(Fraction(value))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"budget {text!r}: {value!r} is not a number or fraction") from None
+        return cls(kind.lower(), limit)
+
+    def __str__(self) -> str:
+        if self.kind in ("size", "bops") and self.limit > 0 and (1 / self.limit).is_integer():
+            return f"{self.kind}=1/{int(1 / self.limit)}"
+        return f"{self.kind}={self.limit:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Compression plan (output of the search, input of the build)
+
+
+@dataclass(frozen=True)
+class LayerPlan(_Json):
+    """One Linear/Conv2d layer of the plan.
+
+    ``act_bits`` is the bit width of the quantizer that feeds this layer's input (the network's
+    input quantizer for the first layer, the preceding quantized ReLU otherwise).
+    ``n_nonzero`` counts the weights that are non-zero *after* pruning and quantization.
+    ``out_positions`` is the number of output positions each weight is used at (H_out·W_out for a
+    convolution, 1 for a dense layer); ``fan_in`` is n·k² (inputs summed per output).
+    """
+
+    name: str
+    kind: str  # "linear" | "conv2d"
+    weight_bits: int
+    act_bits: int
+    n_weights: int
+    n_nonzero: int
+    fan_in: int
+    out_positions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "conv2d"):
+            raise ArtifactError(f"layer {self.name}: kind must be 'linear' or 'conv2d', got {self.kind!r}")
+        for key in ("weight_bits", "act_bits"):
+            b = getattr(self, key)
+            if not (isinstance(b, int) and 1 <= b <= 32):
+                raise ArtifactError(f"layer {self.name}: {key} must be an int in 1..32, got {b!r}")
+        if not (0 <= self.n_nonzero <= self.n_weights) or self.n_weights <= 0:
+            raise ArtifactError(
+                f"layer {self.name}: need 0 ≤ n_nonzero ≤ n_weights and n_weights > 0, "
+                f"got n_nonzero={self.n_nonzero}, n_weights={self.n_weights}"
+            )
+        if self.fan_in <= 0 or self.out_positions <= 0:
+            raise ArtifactError(f"layer {self.name}: fan_in and out_positions must be positive")
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n_nonzero / self.n_weights
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["sparsity"] = round(self.sparsity, 6)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerPlan:
+        return super().from_dict({k: v for k, v in d.items() if k != "sparsity"})
+
+
+@dataclass(frozen=True)
+class PathStep(_Json):
+    """One expansion of the path search: the move taken and the search quantities after it."""
+
+    move: str  # e.g. "net.0:w8->w6", "prune:0.42", "net.2:a8->a6"
+    g: float
+    h: float
+    f: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class CompressionPlan(_Json):
+    """The searched configuration. The pruning mask lives next to it (``masks.pt``:
+    ``{layer name: bool tensor}``, True = kept), loadable with ``weights_only=True``."""
+
+    model: str
+    layers: tuple[LayerPlan, ...]
+    budget: Budget
+    achieved_cost: float
+    predicted_fit: float
+    path: tuple[PathStep, ...] = ()
+    fisher_time_s: float = 0.0
+    search_time_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ArtifactError("plan has no layers")
+        names = [lp.name for lp in self.layers]
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"plan has duplicate layer names: {names}")
+
+    def layer(self, name: str) -> LayerPlan:
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise ArtifactError(f"layer {name!r} is not in the plan; layers: {[lp.name for lp in self.layers]}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompressionPlan:
+        d = dict(d)
+        d["layers"] = _tuple_of(LayerPlan, d["layers"])
+        d["path"] = _tuple_of(PathStep, d.get("path", ()))
+        d["budget"] = Budget.from_dict(d["budget"])
+        return super().from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# Equivalence checks (export and lowering)
+
+
+@dataclass(frozen=True)
+class HopReport(_Json):
+    """Comparison of two executions of the same model on the same inputs (``b`` against ``a``)."""
+
+    a: str  # e.g. "brevitas"
+    b: str  # e.g. "qonnx"
+    n_samples: int
+    max_abs_diff: float
+    identical_rows: float  # fraction of samples whose whole output row is bit-identical
+    argmax_agreement: float
+    accuracy_a: float
+    accuracy_b: float
+
+    @property
+    def exact(self) -> bool:
+        return self.max_abs_diff == 0.0 and self.identical_rows == 1.0
+
+
+@dataclass(frozen=True)
+class EquivalenceReport(_Json):
+    hops: tuple[HopReport, ...]
+    layer_checks: tuple[dict, ...] = ()  # per layer: name, planned/exported bits and sparsity, ok
+
+    @property
+    def exact(self) -> bool:
+        return all(h.exact for h in self.hops)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EquivalenceReport:
+        d = dict(d)
+        d["hops"] = _tuple_of(HopReport, d["hops"])
+        return super().from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware
+
+
+@dataclass(frozen=True)
+class HardwareConfig(_Json):
+    """What lowering and resource estimation assume about the target."""
+
+    part: str = "xc7z020clg400-1"
+    clock_period_ns: float = 5.0
+    backend: str = "Vitis"  # "Vitis" | "Vivado"
+    io_type: str = "io_parallel"  # "io_parallel" | "io_stream"
+    strategy: str = "Latency"  # "Latency" | "Resource" | "distributed_arithmetic"
+    reuse_factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("Vitis", "Vivado"):
+            raise ConfigError(f"backend must be 'Vitis' or 'Vivado', got {self.backend!r}")
+        if self.io_type not in ("io_parallel", "io_stream"):
+            raise ConfigError(f"io_type must be 'io_parallel' or 'io_stream', got {self.io_type!r}")
+        if self.strategy not in ("Latency", "Resource", "distributed_arithmetic"):
+            raise ConfigError(
+                f"strategy must be 'Latency', 'Resource' or 'distributed_arithmetic', got {self.strategy!r}"
+            )
+        if not (isinstance(self.reuse_factor, int) and self.reuse_factor >= 1):
+            raise ConfigError(f"reuse_factor must be an integer ≥ 1, got {self.reuse_factor!r}")
+        if not (self.clock_period_ns > 0):
+            raise ConfigError(f"clock_period_ns must be > 0, got {self.clock_period_ns!r}")
+
+
+@dataclass(frozen=True)
+class LayerResources(_Json):
+    name: str  # torch module name
+    lut: float = 0.0
+    ff: float = 0.0
+    dsp: float = 0.0
+    bram_18k: float = 0.0
+    latency_cycles: float = 0.0
+
+
+@dataclass(frozen=True)
+class ResourceReport(_Json):
+    """FPGA resources of one design. ``source`` names the model that produced it
+    (``"analytical"``, ``"da4ml"``, ``"vivado_synth"``, ``"csynth"``)."""
+
+    source: str
+    hardware: HardwareConfig
+    lut: float
+    ff: float
+    dsp: float
+    bram_18k: float
+    latency_cycles: float
+    latency_ns: float
+    initiation_interval_cycles: float
+    layers: tuple[LayerResources, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResourceReport:
+        d = dict(d)
+        d["hardware"] = HardwareConfig.from_dict(d["hardware"])
+        d["layers"] = _tuple_of(LayerResources, d.get("layers", ()))
+        return super().from_dict(d)
+
+
+__all__ = [
+    "BUDGET_KINDS",
+    "Budget",
+    "CompressionPlan",
+    "EquivalenceReport",
+    "HardwareConfig",
+    "HopReport",
+    "LayerPlan",
+    "LayerResources",
+    "PathStep",
+    "ResourceReport",
+]
