@@ -1,0 +1,254 @@
+"""The ``fitc`` command line.
+
+Every subcommand takes ``--config FILE`` (YAML) and flags; flags win over the file, the file over the
+defaults. Errors a user can act on (:class:`FitcError`) print one line and exit with code 2;
+``--debug`` shows the traceback. This module is the only place that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fitc.errors import FitcError
+
+log = logging.getLogger("fitc")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument groups, shared by the subcommands that need them
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--config", metavar="FILE", help="YAML file of options (flags win over it)")
+    g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>_<budget>)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="hide progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="model from the zoo: digits-mlp (default), digits-cnn, jet-mlp, resnet8")
+    g.add_argument("--data", help="built-in dataset (digits, wine, breast-cancer) or a user .npz file "
+                   "with X, y (optional X_test, y_test)")
+    g.add_argument("--train-epochs", type=int, help="float training epochs")
+    g.add_argument("--train-lr", type=float, help="float training learning rate")
+    g.add_argument("--batch-size", type=int, help="mini-batch size for training and fine-tuning")
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search (FITCompress)")
+    g.add_argument("--budget", action="append", metavar="KIND=VALUE",
+                   help="size=1/16 (default), bops=0.02, lut=20000, dsp=0 …; repeat for several")
+    g.add_argument("--device", help="device preset (xc7z020, xczu9eg, xcu250, xcvu9p, xcku115)")
+    g.add_argument("--fraction", type=float, help="fraction of every device resource to fit in")
+    g.add_argument("--weight-bits", help="weight bit-width ladder, e.g. 8,6,4,3,2")
+    g.add_argument("--act-bits", help="activation bit-width ladder (default 8: not searched)")
+    g.add_argument("--per-layer-prune", action="store_const", const=True,
+                   help="search per-layer pruning levels instead of one global level")
+    g.add_argument("--fisher-method", choices=("per_sample", "batch"),
+                   help="exact per-sample empirical Fisher (default) or the mini-batch approximation")
+    g.add_argument("--algorithm", choices=("greedy", "astar"), help="path search (default greedy)")
+    g.add_argument("--lam", type=float, help="weight λ of the heuristic in f = g + λ·h")
+    g.add_argument("--refresh-every", type=int, help="re-estimate the Fisher every k expansions (0: never)")
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--finetune-epochs", type=int, help="quantization-aware fine-tuning epochs")
+    g.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
+    g.add_argument("--optimizer", choices=("adam", "sgd"))
+    g.add_argument("--schedule", choices=("cosine", "none"))
+
+
+def _hw_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hardware (hls4ml)")
+    g.add_argument("--backend", choices=("Vitis", "Vivado"), help="hls4ml backend (default Vitis)")
+    g.add_argument("--part", help="FPGA part (default xc7z020clg400-1)")
+    g.add_argument("--clock-ns", type=float, help="clock period in ns (default 5)")
+    g.add_argument("--io-type", choices=("io_parallel", "io_stream"))
+    g.add_argument("--strategy", choices=("Latency", "Resource", "distributed_arithmetic"))
+    g.add_argument("--reuse-factor", type=int)
+
+
+_NOT_CONFIG = {"command", "config", "debug", "quiet", "dir", "func", "onnx", "inputs", "reference",
+               "resource_model_cli"}
+
+
+def _config(args: argparse.Namespace, run_dir: Path | None = None):
+    """Defaults < the run directory's recorded config < --config FILE < flags."""
+    from fitc.config import load_config
+    from fitc.rundir import RUN_JSON, read_json
+
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    if "budget" in flags:
+        flags["budget"] = [b for item in flags["budget"] for b in item.split(",") if b]
+    if run_dir is not None:
+        if not (run_dir / RUN_JSON).is_file():
+            raise FitcError(f"{run_dir} is not a fitc run directory (no {RUN_JSON}); run `fitc run --out {run_dir}` first")
+        recorded = read_json(run_dir / RUN_JSON).get("config", {})
+        return load_config(args.config, base=recorded, **{**flags, "out": str(run_dir)})
+    return load_config(args.config, **flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fitc.pipeline import run_pipeline
+
+    run = run_pipeline(_config(args), until="train")
+    m = run.dir.metrics
+    print(f"float model {run.cfg.model}: test accuracy {m['float_test_accuracy']:.4f}  →  {run.dir.path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fitc.pipeline import run_pipeline
+
+    run = run_pipeline(_config(args))
+    _print_summary(run)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from fitc.pipeline import run_pipeline
+
+    run = run_pipeline(_config(args), until="search")
+    _print_summary(run)
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from fitc.pipeline import sensitivity
+
+    rows = sensitivity(_config(args, Path(args.dir)))
+    _print_table(rows)
+    return 0
+
+
+def cmd_stage(stage: str):
+    def cmd(args: argparse.Namespace) -> int:
+        from fitc.pipeline import run_pipeline
+
+        run = run_pipeline(_config(args, Path(args.dir)), until=stage)
+        _print_summary(run)
+        return 0
+
+    return cmd
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).ljust(width[c]) for c in cols))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_summary(run) -> None:
+    from fitc.pipeline import summary_rows
+
+    m = run.dir.metrics
+    if "plan.json" in str(list(run.dir.stages.get("search", {}).get("outputs", []))):
+        _print_table(summary_rows(run))
+    keys = [
+        ("float_test_accuracy", "float accuracy"),
+        ("built_test_accuracy", "accuracy after build"),
+        ("finetuned_test_accuracy", "accuracy after fine-tuning"),
+        ("budget", "budget"),
+        ("planned_cost", "planned cost"),
+        ("achieved_size", "achieved size"),
+        ("achieved_bops", "achieved BOPs"),
+    ]
+    print()
+    for key, label in keys:
+        if key in m:
+            print(f"{label:>28}: {_fmt(m[key])}")
+    print(f"{'run directory':>28}: {run.dir.path}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitc",
+        description="Compress a PyTorch model for an FPGA (FITCompress: Fisher-guided pruning + "
+        "mixed precision), export it to QONNX, lower it through hls4ml, verified bit for bit.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or reuse) the float model")
+    _model_args(p), _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="train if needed, estimate the Fisher and search a plan")
+    _model_args(p), _search_args(p), _common(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("sensitivity", help="per-layer FIT sensitivity table of a run's float model")
+    p.add_argument("dir", help="run directory")
+    _common(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("run", help="the whole pipeline: train → search → fine-tune → export → verify → lower")
+    _model_args(p), _search_args(p), _finetune_args(p), _hw_args(p), _common(p)
+    p.add_argument("--until", choices=("train", "search", "finetune", "export", "lower"),
+                   help="stop after this stage (default lower)")
+    p.set_defaults(func=cmd_run)
+
+    for name, stage, helptext in (
+        ("export", "export", "export a run's fine-tuned model to QONNX (+ QCDQ twin)"),
+        ("verify", "verify", "check Brevitas ≡ qonnx ≡ onnxruntime bit for bit on the test set"),
+        ("lower", "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("dir", nargs="?" if name == "verify" else None, help="run directory")
+        if name == "lower":
+            _hw_args(p)
+        _common(p)
+        p.set_defaults(func=cmd_stage(stage))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        for noisy in ("hls4ml", "qonnx", "brevitas", "torch", "onnx", "onnxruntime", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except FitcError as e:
+        if args.debug:
+            raise
+        print(f"fitc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fitc: interrupted; finished stages are kept in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Run configuration: one frozen dataclass, filled from defaults < YAML file < command-line flags.
+
+Contract:
+- ``load_config(path)`` reads YAML with ``yaml.safe_load``; unknown keys are rejected with a
+  :class:`ConfigError` naming the nearest valid key; values are type-checked.
+- ``RunConfig.replace(**overrides)`` applies flags (``None`` means "not given").
+- ``RunConfig.to_dict()`` is the resolved config recorded in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fitc.artifacts import Budget, HardwareConfig
+from fitc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of a fitc run. Field names are the YAML keys and, with ``-`` for ``_``, the flags."""
+
+    # what to compress
+    model: str = "digits-mlp"
+    data: str | None = None  # built-in dataset name or a user .npz; None = the model's default
+    seed: int = 0
+    out: str | None = None  # run directory; None = runs/<model>-<budget>
+    # float training
+    train_epochs: int = 60
+    train_lr: float = 3e-3
+    batch_size: int = 64
+    # search
+    budget: tuple[str, ...] = ("size=1/16",)
+    device: str | None = None  # device preset (e.g. xc7z020); with `fraction` → hardware budgets
+    fraction: float | None = None
+    weight_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
+    act_bits: tuple[int, ...] = (8,)
+    per_layer_prune: bool = False
+    fisher_method: str = "per_sample"  # "per_sample" | "batch"
+    fisher_max_batches: int = 20
+    algorithm: str = "greedy"  # "greedy" | "astar"
+    lam: float = 1.0
+    refresh_every: int = 0  # re-estimate the Fisher every k expansions; 0 = never
+    # fine-tuning
+    finetune_epochs: int = 30
+    finetune_lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    # hardware
+    backend: str = "Vitis"
+    part: str = "xc7z020clg400-1"
+    clock_ns: float = 5.0
+    io_type: str = "io_parallel"
+    strategy: str = "Latency"
+    reuse_factor: int = 1
+    resource_model: str = "da4ml"  # the accurate model the loop checks against
+    max_loop_iterations: int = 4
+    # how far `fitc run` goes
+    until: str = "lower"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not valid; choose one of {', '.join(map(str, allowed))}"
+                )
+        for b in self.budgets():
+            _ = b  # parsed for validation
+        if (self.device is None) != (self.fraction is None):
+            raise ConfigError("device and fraction go together, e.g. --device xc7z020 --fraction 0.25")
+        if self.fraction is not None and not (0 < self.fraction <= 1):
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        for key in ("train_epochs", "batch_size", "finetune_epochs", "reuse_factor", "max_loop_iterations"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
+        for key in ("weight_bits", "act_bits"):
+            bits = getattr(self, key)
+            if not bits or any(not (2 <= b <= 16) for b in bits):
+                raise ConfigError(f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}")
+        self.hardware()  # validates backend / io_type / strategy / reuse factor
+
+    # ---------------------------------------------------------------------------------------
+    def budgets(self) -> list[Budget]:
+        return [Budget.parse(b) for b in self.budget]
+
+    def hardware(self) -> HardwareConfig:
+        return HardwareConfig(
+            part=self.part,
+            clock_period_ns=float(self.clock_ns),
+            backend=self.backend,
+            io_type=self.io_type,
+            strategy=self.strategy,
+            reuse_factor=int(self.reuse_factor),
+        )
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        slug = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", b) for b in self.budget)
+        if self.device:
+            slug += f"_{self.device}-{self.fraction:g}"
+        return Path("runs") / f"{self.model}_{slug}"
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return from_mapping({**self.to_dict(), **given}, source="command line")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+
+_CHOICES = {
+    "fisher_method": ("per_sample", "batch"),
+    "algorithm": ("greedy", "astar"),
+    "optimizer": ("adam", "sgd"),
+    "schedule": ("cosine", "none"),
+    "until": ("train", "search", "finetune", "export", "lower", "estimate"),
+    "resource_model": ("analytical", "da4ml"),
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _nearest(key: str) -> str:
+    match = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(FIELDS)}"
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    hint = typing.get_type_hints(RunConfig)[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: key {name!r} must be {expected}, got {value!r}")
+
+    if origin is tuple:
+        item = args[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if item is int and isinstance(value, str):
+            items = [s for s in value.split(",") if s.strip()]
+        try:
+            return tuple(int(x) if item is int else str(x) for x in items)
+        except (TypeError, ValueError):
+            raise bad(f"a list of {item.__name__}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise bad("an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise bad("an integer") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad("a string")
+        return str(value)
+    return value
+
+
+def from_mapping(mapping: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Build a RunConfig from a mapping, rejecting unknown keys with the nearest valid one."""
+    kwargs = {}
+    for key, value in mapping.items():
+        norm = str(key).replace("-", "_")
+        if norm not in FIELDS:
+            raise ConfigError(f"{source}: unknown key {key!r}{_nearest(norm)}")
+        kwargs[norm] = _coerce(norm, value, source)
+    return RunConfig(**kwargs)
+
+
+def load_config(
+    path: str | Path | None, base: dict[str, Any] | None = None, **overrides: Any
+) -> RunConfig:
+    """Defaults < ``base`` (e.g. a run's recorded config) < YAML file at ``path`` < ``overrides``
+    (flags; ``None`` = not given)."""
+    loaded: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    cfg = from_mapping(base or {}, source="recorded config")
+    if loaded:
+        cfg = from_mapping({**cfg.to_dict(), **loaded}, source=str(path))
+    return cfg.replace(**overrides)
