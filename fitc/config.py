@@ -34,6 +34,7 @@ class RunConfig:
     seed: int = 0
     out: str | None = None  # run directory; None = runs/<model>-<budget>
     # float training
+    float_from: str | None = None  # reuse trained float weights (float.pt) instead of training
     train_epochs: int = 60
     train_lr: float = 3e-3
     batch_size: int = 64

@@ -117,10 +117,14 @@ def train(run: Run) -> None:
 
     def fn() -> dict:
         model = build_model(cfg.model, seed=cfg.seed)
-        metrics = train_float(
-            model, run.data, epochs=cfg.train_epochs, lr=cfg.train_lr,
-            batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-        )
+        if cfg.float_from:  # shared float model (sweeps): reuse, do not retrain
+            model.load_state_dict(load_torch(cfg.float_from))
+            metrics = {"float_from": cfg.float_from}
+        else:
+            metrics = train_float(
+                model, run.data, epochs=cfg.train_epochs, lr=cfg.train_lr,
+                batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+            )
         save_torch(run.dir / "float.pt", model.state_dict())
         run.__dict__["float_model"] = model.eval()
         metrics["float_test_accuracy"] = evaluate(model, run.data.X_test, run.data.y_test)
@@ -128,7 +132,8 @@ def train(run: Run) -> None:
 
     run.stage(
         "train",
-        (cfg.model, run.data_fingerprint(), cfg.seed, cfg.train_epochs, cfg.train_lr, cfg.batch_size),
+        (cfg.model, run.data_fingerprint(), cfg.seed, cfg.train_epochs, cfg.train_lr, cfg.batch_size,
+         Path(cfg.float_from) if cfg.float_from else None),
         ["float.pt"],
         fn,
     )

@@ -1,0 +1,98 @@
+"""The closed loop's policy: given the history of iterations, decide what the search does next.
+
+Each iteration searches against the fast (analytical) resource model, builds and fine-tunes the plan,
+and measures it with the accurate model (da4ml or a vendor report). :func:`next_step` is a pure
+function of that history and the user's targets:
+
+- the design fits every target → stop ("fits");
+- the iteration limit is reached → stop ("max_iterations");
+- the worst overshoot did not shrink by at least ``min_improvement`` since the previous iteration
+  → stop ("stalled");
+- otherwise → recalibrate the fast model per layer (factor = accurate / raw fast estimate of the
+  last design), and for every target still missed after a calibrated search, tighten the limit the
+  search sees in proportion to the miss (``limit · target / measured · margin``).
+
+The pipeline keeps the best design that fits (highest accuracy); when none fits it reports the one
+closest to the targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fitc.artifacts import _Json
+
+
+@dataclass(frozen=True)
+class LoopIteration(_Json):
+    """One pass of the loop. ``limits`` are what the search was given (kind → limit);
+    ``fast``/``accurate`` are totals (kind → value); ``fast_layers_raw``/``accurate_layers`` are
+    per-layer LUT (torch name → LUT) of the uncalibrated fast model and of the accurate model."""
+
+    iteration: int
+    limits: dict = field(default_factory=dict)
+    calibrated: bool = False
+    fast: dict = field(default_factory=dict)
+    accurate: dict = field(default_factory=dict)
+    fast_layers_raw: dict = field(default_factory=dict)
+    accurate_layers: dict = field(default_factory=dict)
+    accuracy: float = 0.0
+    wall_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoopDecision:
+    stop: bool
+    reason: str
+    limits: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # torch name → LUT scale of the fast model
+
+
+def overshoot(measured: dict[str, float], targets: dict[str, float]) -> float:
+    """The worst measured/target ratio over the targets (≤ 1 means the design fits).
+
+    A zero target (``dsp=0``) counts as fitting only when the measurement is zero too.
+    """
+    worst = 0.0
+    for kind, target in targets.items():
+        value = float(measured.get(kind, 0.0))
+        ratio = (0.0 if value <= 0 else float("inf")) if target <= 0 else value / target
+        worst = max(worst, ratio)
+    return worst
+
+
+def next_step(
+    history: list[LoopIteration],
+    targets: dict[str, float],
+    *,
+    max_iterations: int = 4,
+    margin: float = 0.97,
+    min_improvement: float = 0.01,
+) -> LoopDecision:
+    """Decide the next loop step from the history (pure: no I/O, no state)."""
+    if not history:
+        return LoopDecision(False, "start", limits=dict(targets))
+    last = history[-1]
+    worst = overshoot(last.accurate, targets)
+    if worst <= 1.0:
+        return LoopDecision(True, "fits")
+    if len(history) >= max_iterations:
+        return LoopDecision(True, "max_iterations")
+    if len(history) >= 2:
+        before = overshoot(history[-2].accurate, targets)
+        if worst > before * (1.0 - min_improvement):
+            return LoopDecision(True, "stalled")
+
+    calibration = {
+        name: lut / last.fast_layers_raw[name]
+        for name, lut in last.accurate_layers.items()
+        if last.fast_layers_raw.get(name, 0) > 0
+    }
+    limits = dict(last.limits)
+    if last.calibrated:
+        # The fast model was already calibrated and still missed: tighten what the search sees.
+        for kind, target in targets.items():
+            value = float(last.accurate.get(kind, 0.0))
+            if value > target and target > 0:
+                limits[kind] = last.limits.get(kind, target) * target / value * margin
+    return LoopDecision(False, "recalibrate" if not last.calibrated else "tighten", limits, calibration)

@@ -1,0 +1,69 @@
+"""The closed loop's policy, on hand-written reports."""
+
+from __future__ import annotations
+
+import math
+
+from fitc.loop import LoopIteration, next_step, overshoot
+
+TARGETS = {"lut": 10_000.0, "dsp": 0.0}
+
+
+def it(i, lut, *, calibrated, limits=None, fast_layers=None, acc_layers=None):
+    return LoopIteration(
+        iteration=i,
+        limits=limits or dict(TARGETS),
+        calibrated=calibrated,
+        fast={"lut": 9000.0, "dsp": 0.0},
+        accurate={"lut": lut, "dsp": 0.0},
+        fast_layers_raw=fast_layers or {"fc1": 6000.0, "fc2": 3000.0},
+        accurate_layers=acc_layers or {"fc1": lut * 0.75, "fc2": lut * 0.25},
+        accuracy=0.9,
+    )
+
+
+def test_empty_history_starts_with_the_targets():
+    d = next_step([], TARGETS)
+    assert not d.stop and d.limits == TARGETS
+
+
+def test_fitting_design_stops():
+    d = next_step([it(1, 9_500.0, calibrated=False)], TARGETS)
+    assert d.stop and d.reason == "fits"
+
+
+def test_first_miss_recalibrates_per_layer_without_tightening():
+    d = next_step([it(1, 12_000.0, calibrated=False)], TARGETS)
+    assert not d.stop and d.reason == "recalibrate"
+    assert d.limits == TARGETS
+    assert d.calibration == {"fc1": 9000.0 / 6000.0, "fc2": 3000.0 / 3000.0}
+
+
+def test_miss_after_calibration_tightens_in_proportion():
+    h = [it(1, 14_000.0, calibrated=False), it(2, 11_000.0, calibrated=True)]
+    d = next_step(h, TARGETS, margin=0.97)
+    assert not d.stop and d.reason == "tighten"
+    assert math.isclose(d.limits["lut"], 10_000.0 * 10_000.0 / 11_000.0 * 0.97)
+    assert d.limits["dsp"] == 0.0
+
+
+def test_no_improvement_stops():
+    h = [it(1, 12_000.0, calibrated=False), it(2, 12_050.0, calibrated=True)]
+    d = next_step(h, TARGETS)
+    assert d.stop and d.reason == "stalled"
+
+
+def test_iteration_limit_stops():
+    h = [it(1, 20_000.0, calibrated=False), it(2, 15_000.0, calibrated=True), it(3, 12_000.0, calibrated=True)]
+    assert next_step(h, TARGETS, max_iterations=3).reason == "max_iterations"
+    assert not next_step(h, TARGETS, max_iterations=4).stop
+
+
+def test_overshoot_handles_zero_targets():
+    assert overshoot({"dsp": 0.0, "lut": 5.0}, {"dsp": 0.0, "lut": 10.0}) == 0.5
+    assert overshoot({"dsp": 2.0}, {"dsp": 0.0}) == math.inf
+
+
+def test_iteration_round_trips_to_json():
+    x = it(1, 12_000.0, calibrated=True)
+    assert LoopIteration.from_dict(x.to_dict()) == x
