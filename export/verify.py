@@ -1,0 +1,565 @@
+"""The equivalence chain: Brevitas ≡ qonnx executor ≡ onnxruntime (QCDQ), bit for bit.
+
+Contract:
+
+- :func:`verify_chain` runs every input row through the Brevitas model (eval mode, float32),
+  the qonnx executor on the QONNX graph (batched: a copy re-cleaned with
+  ``cleanup_model(override_inpsize=N)``) and onnxruntime on the QCDQ twin (graph optimizations
+  off, one sample per run, as the graph has batch size 1). Each engine is compared with Brevitas:
+  one :class:`~fitc.artifacts.HopReport` per hop (max |diff|, fraction of rows whose every value is
+  equal, argmax agreement, both accuracies). Given a plan, it also checks per layer that the
+  weight Quant node carries the planned weight bits, that the Quant node feeding the layer carries
+  the planned activation bits, and that the number of non-zero *quantized* weights in the exported
+  graph equals the plan's ``n_nonzero`` (so the exported sparsity equals the planned one exactly);
+  with masks, that every masked weight is zero in the graph. It never raises on a mismatch: the
+  report records it, and :func:`check_equivalence` turns it into :class:`EquivalenceError`.
+- "Identical" means every value compares equal (``==``; +0.0 equals -0.0, NaN equals nothing).
+- :func:`verify_onnx_file` checks a graph made elsewhere: a QONNX file runs in the qonnx executor
+  and, when it converts to QCDQ (constant Quant nodes folded, the rest 2…8 bits), in onnxruntime;
+  a QCDQ/plain ONNX file runs in onnxruntime and in the qonnx executor; ``reference`` outputs,
+  when given, are compared with each engine.
+- Bad input raises :class:`~fitc.errors.FitcError` subclasses: a missing or corrupt file
+  (:class:`~fitc.errors.ArtifactError`), a non-power-of-two scale where fixed point is required
+  (:class:`NotFixedPointError`), inputs or references of the wrong shape (:class:`InputShapeError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from fitc.artifacts import CompressionPlan, EquivalenceReport, HopReport
+from fitc.errors import ArtifactError, DataError, EquivalenceError
+
+from .qonnx_export import (
+    ExportedGraph,
+    InputShapeError,
+    act_quant_node,
+    check_fixed_point,
+    const_source,
+    load_onnx,
+    quant_params,
+    weight_source,
+)
+
+log = logging.getLogger(__name__)
+
+_QONNX_OPS = ("Quant", "IntQuant", "BipolarQuant", "Trunc", "FloatQuant", "MultiThreshold")
+_QCDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _as_inputs(X: Any, sample_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Float32 batch ``(N, *sample_shape)``; a single sample without batch dim becomes N = 1."""
+    X = np.asarray(X)
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise DataError(f"{what}: inputs must be a real numeric array, got dtype {X.dtype}")
+    if tuple(X.shape) == tuple(sample_shape):
+        X = X[None]
+    if X.ndim != len(sample_shape) + 1 or tuple(X.shape[1:]) != tuple(sample_shape):
+        raise InputShapeError(
+            f"{what}: inputs have shape {tuple(X.shape)}, expected (N, {', '.join(map(str, sample_shape))})"
+            + (
+                " — a CNN takes (N, C, H, W); reshape flat rows first"
+                if len(sample_shape) == 3
+                else ""
+            )
+        )
+    if X.shape[0] == 0:
+        raise DataError(f"{what}: no input rows")
+    X = X.astype(np.float32, copy=False)
+    bad = ~np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{what}: input row {int(np.argmax(bad))} contains NaN or inf")
+    return X
+
+
+def _labels(y: Any, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise InputShapeError(f"labels have shape {tuple(y.shape)}, expected ({n},)")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"labels must be integers, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+
+
+def run_brevitas(qmodel: Any, X: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """The Brevitas model's outputs in eval mode (mode restored afterwards)."""
+    import torch
+
+    was_training = qmodel.training
+    qmodel.eval()
+    outs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(X), batch_size):
+                out = qmodel(torch.from_numpy(np.ascontiguousarray(X[i : i + batch_size])))
+                out = getattr(out, "value", out)
+                outs.append(out.detach().cpu().numpy())
+    finally:
+        qmodel.train(was_training)
+    return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def _graph_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ArtifactError(
+            f"graph must have exactly one data input, has {[i.name for i in inputs]}"
+        )
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+    if len(shape) < 2 or any(d <= 0 for d in shape[1:]):
+        raise ArtifactError(f"graph input {inputs[0].name!r} has no static sample shape: {shape}")
+    return shape
+
+
+def run_qonnx(model: onnx.ModelProto, X: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """The qonnx executor's outputs, batched (``cleanup_model(override_inpsize=n)`` on a copy)."""
+    import qonnx.core.onnx_exec as oxe
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    graphs: dict[int, Any] = {}
+    outs = []
+    for i in range(0, len(X), chunk):
+        xb = X[i : i + chunk]
+        n = len(xb)
+        if n not in graphs:
+            graphs[n] = cleanup_model(ModelWrapper(copy.deepcopy(model)), override_inpsize=n)
+        mw = graphs[n]
+        iname, oname = mw.graph.input[0].name, mw.graph.output[0].name
+        outs.append(np.asarray(oxe.execute_onnx(mw, {iname: xb})[oname]))
+    return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def onnxruntime_session(model: onnx.ModelProto) -> Any:
+    """An onnxruntime CPU session with graph optimizations off (its fusions re-quantize biases)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray) -> np.ndarray:
+    """onnxruntime outputs, one sample per run unless the graph's batch dimension is dynamic."""
+    sess = onnxruntime_session(model)
+    inp = sess.get_inputs()[0]
+    if not isinstance(inp.shape[0], int):
+        return np.asarray(sess.run(None, {inp.name: X})[0], dtype=np.float32)
+    outs = [sess.run(None, {inp.name: X[i : i + 1]})[0] for i in range(len(X))]
+    return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def qonnx_to_qcdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
+    """An onnxruntime-runnable copy of a QONNX graph, or (None, reason).
+
+    Quant nodes on constants (weights, biases) are folded into float initializers — exact, the
+    values are the fixed-point ones; the remaining (activation) Quant nodes become
+    QuantizeLinear→Clip→DequantizeLinear, which needs 2…8 bits and a zero zero point.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
+    from qonnx.util.cleanup import cleanup_model
+
+    mw = cleanup_model(ModelWrapper(copy.deepcopy(model)))
+    mw = mw.transform(FoldConstants(exclude_op_types=[]))
+    mw = mw.transform(QuantToQCDQ())
+    left = [n for n in mw.graph.node if n.op_type in _QONNX_OPS]
+    if left:
+        desc = []
+        for n in left[:4]:
+            bits = quant_params(mw.model, n).bits if n.op_type in ("Quant", "IntQuant") else None
+            desc.append(f"{n.name} ({n.op_type}{'' if bits is None else f', {bits:g} bits'})")
+        return None, (
+            "onnxruntime cannot run it: QCDQ holds 2…8-bit activations only, and these nodes "
+            f"remain: {', '.join(desc)}"
+        )
+    for n in mw.graph.node:
+        n.domain = "" if n.domain in ("qonnx.custom_op.general", "onnx.brevitas") else n.domain
+    return mw.model, None
+
+
+def qcdq_to_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A QONNX copy of a QCDQ graph for the qonnx executor (qonnx ``QCDQToQuant``)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.qcdq_to_qonnx import QCDQToQuant
+    from qonnx.util.cleanup import cleanup_model
+
+    # QCDQToQuant reads the element types from value_info: infer shapes first.
+    mw = cleanup_model(ModelWrapper(copy.deepcopy(model))).transform(QCDQToQuant())
+    return mw.model
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison
+
+
+def compare(
+    a_name: str, a: np.ndarray, b_name: str, b: np.ndarray, y: np.ndarray | None = None
+) -> HopReport:
+    """One hop's figures. Accuracies are NaN without labels."""
+    if a.shape != b.shape:
+        raise InputShapeError(
+            f"{b_name} output has shape {tuple(b.shape)}, {a_name} output {tuple(a.shape)}"
+        )
+    n = a.shape[0]
+    a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
+    diff = np.abs(a2.astype(np.float64) - b2.astype(np.float64))
+    max_diff = float(np.max(diff)) if diff.size else 0.0
+    if np.isnan(diff).any():
+        max_diff = math.inf
+    pa, pb = a2.argmax(axis=1), b2.argmax(axis=1)
+    acc_a = float(np.mean(pa == y)) if y is not None else math.nan
+    acc_b = float(np.mean(pb == y)) if y is not None else math.nan
+    return HopReport(
+        a=a_name,
+        b=b_name,
+        n_samples=int(n),
+        max_abs_diff=max_diff,
+        identical_rows=float(np.mean(np.all(a2 == b2, axis=1))),
+        argmax_agreement=float(np.mean(pa == pb)),
+        accuracy_a=acc_a,
+        accuracy_b=acc_b,
+    )
+
+
+def layer_checks(
+    model: onnx.ModelProto,
+    layer_map: Mapping[str, str],
+    plan: CompressionPlan,
+    masks: Mapping[str, Any] | None = None,
+) -> tuple[dict, ...]:
+    """Per plan layer: planned vs exported weight bits, act bits and non-zero quantized weights.
+
+    Each dict has ``name, node, ok, problems`` and the planned/exported figures; ``ok`` is False
+    (with the reasons in ``problems``) on any difference. Exactness of the float32 arithmetic is
+    recorded too: ``acc_bound_bits`` is log2 of the largest possible |accumulator| in units of the
+    product scale; above 24 bits float32 sums may round and engines may disagree.
+    """
+    nodes = {n.name: n for n in model.graph.node}
+    out = []
+    for lp in plan.layers:
+        rec: dict[str, Any] = {
+            "name": lp.name,
+            "node": layer_map.get(lp.name),
+            "planned_weight_bits": lp.weight_bits,
+            "planned_act_bits": lp.act_bits,
+            "n_weights": lp.n_weights,
+            "planned_n_nonzero": lp.n_nonzero,
+            "planned_sparsity": round(lp.sparsity, 6),
+        }
+        problems: list[str] = []
+        node = nodes.get(layer_map.get(lp.name, ""))
+        if node is None:
+            problems.append("no node in the exported graph")
+            rec.update(ok=False, problems=problems)
+            out.append(rec)
+            continue
+        src = weight_source(model, node)
+        if src is None or src.quant_node is None:
+            problems.append("weight is not quantized by a Quant node")
+            rec.update(ok=False, problems=problems)
+            out.append(rec)
+            continue
+        wq = quant_params(model, src.quant_node)
+        q = wq.quantize_int(src.array)
+        nnz = int(np.count_nonzero(q))
+        rec.update(
+            weight_quant_node=wq.node,
+            exported_weight_bits=int(wq.bits) if wq.bits.is_integer() else wq.bits,
+            exported_n_weights=int(q.size),
+            exported_n_nonzero=nnz,
+            exported_sparsity=round(1.0 - nnz / q.size, 6),
+            weight_scale=float(np.asarray(wq.scale).reshape(-1)[0]),
+        )
+        if wq.bits != lp.weight_bits:
+            problems.append(f"weight bits: planned {lp.weight_bits}, exported {wq.bits:g}")
+        if q.size != lp.n_weights:
+            problems.append(f"weight count: planned {lp.n_weights}, exported {q.size}")
+        if nnz != lp.n_nonzero:
+            problems.append(
+                f"non-zero weights: planned {lp.n_nonzero}/{lp.n_weights} "
+                f"(sparsity {lp.sparsity:.6f}), exported {nnz}/{q.size} "
+                f"(sparsity {1.0 - nnz / q.size:.6f})"
+            )
+        aq_node = act_quant_node(model, node)
+        a_bits = None
+        if aq_node is None:
+            problems.append("no Quant node feeds the layer's input (activation not quantized)")
+        else:
+            aq = quant_params(model, aq_node)
+            a_bits = int(aq.bits) if aq.bits.is_integer() else aq.bits
+            rec.update(act_quant_node=aq.node, exported_act_bits=a_bits, act_signed=aq.signed)
+            if aq.bits != lp.act_bits:
+                problems.append(f"act bits: planned {lp.act_bits}, exported {aq.bits:g}")
+            rec["acc_bound_bits"] = _acc_bound_bits(q, aq, model, node)
+        if masks is not None and lp.name in masks:
+            ok_mask = _mask_respected(q, masks[lp.name])
+            rec["mask_respected"] = ok_mask
+            if ok_mask is False:
+                problems.append("a pruned (masked) weight is non-zero in the exported graph")
+        rec.update(ok=not problems, problems=problems)
+        out.append(rec)
+    return tuple(out)
+
+
+def _acc_bound_bits(q: np.ndarray, aq: Any, model: onnx.ModelProto, node: Any) -> float:
+    from qonnx.custom_op.general.intquant import max_int, min_int
+
+    a_max = max(
+        abs(min_int(aq.signed, aq.narrow, int(aq.bits))),
+        max_int(aq.signed, aq.narrow, int(aq.bits)),
+    )
+    w = np.abs(q)
+    # Per output: sum over its fan-in. Output channel axis is 0 for Conv/Gemm(transB), 1 for MatMul.
+    axis = 1 if node.op_type == "MatMul" else 0
+    per_out = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).sum(axis=1) * a_max
+    bound = float(per_out.max()) if per_out.size else 0.0
+    if len(node.input) > 2 and node.input[2]:
+        bsrc = const_source(model, node.input[2])
+        if bsrc is not None and bsrc.quant_node is not None:
+            bq = quant_params(model, bsrc.quant_node)
+            bound += float(np.max(np.abs(bq.quantize_int(bsrc.array)), initial=0.0))
+    return round(math.log2(bound + 1), 3)
+
+
+def _mask_respected(q: np.ndarray, mask: Any) -> bool | None:
+    m = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask).astype(bool)
+    if m.shape == q.shape:
+        return bool(np.all(q[~m] == 0))
+    if m.ndim == 2 and m.T.shape == q.shape:
+        return bool(np.all(q[~m.T] == 0))
+    return None  # layout differs from torch's; cannot compare element-wise
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def verify_chain(
+    qmodel: Any,
+    exported: ExportedGraph,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    plan: CompressionPlan | None = None,
+    masks: Mapping[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+) -> EquivalenceReport:
+    """Run the test set through Brevitas, the qonnx executor and onnxruntime; compare each with
+    Brevitas. Pass a dict as ``timings`` to receive wall times (s) per engine."""
+    X = _as_inputs(X, exported.input_shape, "verify_chain")
+    y = _labels(y, len(X))
+    qonnx_model = load_onnx(exported.qonnx_path)
+    t = timings if timings is not None else {}
+
+    t0 = time.perf_counter()
+    ref = run_brevitas(qmodel, X)
+    t["brevitas_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out_q = run_qonnx(qonnx_model, X)
+    t["qonnx_s"] = time.perf_counter() - t0
+    hops = [compare("brevitas", ref, "qonnx", out_q, y)]
+
+    if exported.qcdq_path is not None:
+        qcdq_model = load_onnx(exported.qcdq_path)
+        t0 = time.perf_counter()
+        out_o = run_onnxruntime(qcdq_model, X)
+        t["onnxruntime_s"] = time.perf_counter() - t0
+        hops.append(compare("brevitas", ref, "onnxruntime", out_o, y))
+    else:
+        log.info("no QCDQ twin (%s): onnxruntime hop skipped", exported.qcdq_skipped_reason)
+
+    checks: tuple[dict, ...] = ()
+    if plan is not None:
+        t0 = time.perf_counter()
+        checks = layer_checks(qonnx_model, exported.layer_map, plan, masks)
+        t["layer_checks_s"] = time.perf_counter() - t0
+    for h in hops:
+        log.info(
+            "%s→%s: max|diff| %g, identical rows %.4f, argmax %.4f, acc %.4f / %.4f",
+            h.a,
+            h.b,
+            h.max_abs_diff,
+            h.identical_rows,
+            h.argmax_agreement,
+            h.accuracy_a,
+            h.accuracy_b,
+        )
+    return EquivalenceReport(hops=tuple(hops), layer_checks=checks)
+
+
+def check_equivalence(report: EquivalenceReport) -> None:
+    """Raise :class:`EquivalenceError` naming every hop that is not exact and every layer whose
+    exported bits or sparsity differ from the plan."""
+    failures = []
+    for h in report.hops:
+        if not h.exact:
+            failures.append(
+                f"hop {h.a}→{h.b}: max |diff| = {h.max_abs_diff:g}, identical rows "
+                f"{h.identical_rows:.2%}, argmax agreement {h.argmax_agreement:.2%} "
+                f"over {h.n_samples} samples"
+            )
+    for c in report.layer_checks:
+        if not c.get("ok", False):
+            failures.append(
+                f"layer {c.get('name')!r} (node {c.get('node')}): {'; '.join(c.get('problems', []))}"
+            )
+    if failures:
+        raise EquivalenceError("equivalence check failed — " + " | ".join(failures))
+
+
+@dataclass(frozen=True)
+class OnnxFileReport:
+    """Result of :func:`verify_onnx_file`: the hops that could be run and why others were not."""
+
+    path: str
+    graph_format: str  # "qonnx" | "qcdq" | "onnx"
+    n_samples: int
+    hops: tuple[HopReport, ...]
+    skipped: tuple[str, ...] = ()
+    outputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.hops) and all(h.exact for h in self.hops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "graph_format": self.graph_format,
+            "n_samples": self.n_samples,
+            "hops": [h.to_dict() for h in self.hops],
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OnnxFileReport:
+        return cls(
+            path=d["path"],
+            graph_format=d["graph_format"],
+            n_samples=int(d["n_samples"]),
+            hops=tuple(HopReport.from_dict(h) for h in d["hops"]),
+            skipped=tuple(d.get("skipped", ())),
+        )
+
+
+def graph_format(model: onnx.ModelProto) -> str:
+    ops = {n.op_type for n in model.graph.node}
+    if ops & set(_QONNX_OPS):
+        return "qonnx"
+    if ops & set(_QCDQ_OPS):
+        return "qcdq"
+    return "onnx"
+
+
+def verify_onnx_file(
+    onnx_path: str | os.PathLike,
+    X: np.ndarray,
+    *,
+    reference: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    require_fixed_point: bool = True,
+) -> OnnxFileReport:
+    """Check a (Q)ONNX graph made elsewhere on inputs ``X`` (shaped like the graph's input, batch
+    dimension free). Hops: qonnx executor vs onnxruntime when both can run the graph, and
+    ``reference`` (e.g. the user's framework outputs) vs each engine. Engine outputs are in
+    ``report.outputs`` (not serialised)."""
+    path = Path(onnx_path)
+    model = load_onnx(path)
+    fmt = graph_format(model)
+    if require_fixed_point:
+        check_fixed_point(model, source=str(path))
+    shape = _graph_input_shape(model)
+    X = _as_inputs(X, shape[1:], f"{path.name}")
+    labels = _labels(y, len(X)) if y is not None else None
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float32)
+        if reference.shape[0] != len(X):
+            raise InputShapeError(
+                f"reference has {reference.shape[0]} rows ({tuple(reference.shape)}), "
+                f"inputs have {len(X)}"
+            )
+
+    outputs: dict[str, np.ndarray] = {}
+    skipped: list[str] = []
+    if fmt == "qonnx":
+        outputs["qonnx"] = run_qonnx(model, X)
+        ort_model, why = qonnx_to_qcdq(model)
+        if ort_model is None:
+            skipped.append(f"onnxruntime: {why}")
+        else:
+            outputs["onnxruntime"] = run_onnxruntime(ort_model, X)
+    else:
+        outputs["onnxruntime"] = run_onnxruntime(model, X)
+        try:
+            outputs["qonnx"] = run_qonnx(qcdq_to_qonnx(model) if fmt == "qcdq" else model, X)
+        except Exception as e:  # the executor lacks some standard op
+            skipped.append(f"qonnx: executor failed ({e.__class__.__name__}: {e})")
+
+    hops = []
+    first, *rest = list(outputs)
+    if reference is not None:
+        for name, out in outputs.items():
+            if reference.size != out.size:
+                raise InputShapeError(
+                    f"reference has shape {tuple(reference.shape)}, {name} outputs "
+                    f"{tuple(out.shape)}"
+                )
+            hops.append(compare("reference", reference.reshape(out.shape), name, out, labels))
+    for name in rest:
+        hops.append(compare(first, outputs[first], name, outputs[name], labels))
+    if not hops:
+        skipped.append("nothing to compare: give reference outputs to check a single engine")
+    return OnnxFileReport(
+        path=str(path),
+        graph_format=fmt,
+        n_samples=len(X),
+        hops=tuple(hops),
+        skipped=tuple(skipped),
+        outputs=outputs,
+    )
+
+
+__all__ = [
+    "OnnxFileReport",
+    "check_equivalence",
+    "compare",
+    "graph_format",
+    "layer_checks",
+    "onnxruntime_session",
+    "qcdq_to_qonnx",
+    "qonnx_to_qcdq",
+    "run_brevitas",
+    "run_onnxruntime",
+    "run_qonnx",
+    "verify_chain",
+    "verify_onnx_file",
+]
