@@ -235,7 +235,7 @@ class QuantParams:
             np.asarray(x, dtype=np.float32),
             self.scale,
             self.zeropt,
-            self.bits,
+            np.float32(self.bits),  # int_quant calls .astype on values derived from it
             self.signed,
             self.narrow,
             self.rounding_mode,
@@ -342,8 +342,9 @@ def check_fixed_point(model: onnx.ModelProto, source: str = "graph") -> None:
         else:
             continue
         if not is_power_of_two(scale):
-            bad = np.asarray(scale, dtype=np.float64).reshape(-1)
-            shown = ", ".join(f"{v:.9g}" for v in bad[:4]) + (", …" if bad.size > 4 else "")
+            bad = np.asarray(scale).reshape(-1)
+            shown = ", ".join(np.format_float_positional(v, unique=True) for v in bad[:4])
+            shown += ", …" if bad.size > 4 else ""
             raise NotFixedPointError(
                 f"{source}: {n.op_type} node {n.name!r} has scale [{shown}], not a power of two; "
                 "fixed point is required for a bit-exact lowering — build the model with Brevitas "
@@ -550,9 +551,15 @@ def export_qonnx(
             try:
                 qmodel(sample)
             except Exception as e:
-                raise InputShapeError(
-                    f"the model does not accept one sample of shape {input_shape} "
-                    f"(batch shape {(1, *input_shape)}): {e.__class__.__name__}: {e}"
+                shape_words = ("shape", "size", "mat1", "dimension", "expected input")
+                cls = (
+                    InputShapeError
+                    if any(w in str(e).lower() for w in shape_words)
+                    else ExportError
+                )
+                raise cls(
+                    f"the model fails on one sample of shape {input_shape} (batch shape "
+                    f"{(1, *input_shape)}) before export: {e.__class__.__name__}: {e}"
                 ) from e
         with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
             raw = Path(tmp) / "raw.qonnx.onnx"
