@@ -648,7 +648,19 @@ def _build_layer_map(
                     "fixed point is required — use a Brevitas QuantLinear/QuantConv2d with "
                     "Int8WeightPerTensorFixedPoint"
                 )
-    order = list(_layer_names(qmodel, plan))
+            node = nodes[node_name]
+            if len(node.input) > 2 and node.input[2]:
+                bias = const_source(proto, node.input[2])
+                if bias is None or bias.quant_node is None:
+                    raise NotFixedPointError(
+                        f"layer {name!r} (node {node_name!r}) has a float bias; fixed point is "
+                        "required (hls4ml truncates a float bias and onnxruntime's fusions "
+                        "re-quantize it) — give the layer an integer bias quantizer, e.g. "
+                        "bias_quant=Int16Bias"
+                    )
+    order = (
+        [lp.name for lp in plan.layers] if plan is not None else list(_layer_names(qmodel, None))
+    )
     return {k: layer_map[k] for k in order if k in layer_map}
 
 

@@ -45,6 +45,7 @@ from .qonnx_export import (
     ExportedGraph,
     InputShapeError,
     act_quant_node,
+    attr,
     check_fixed_point,
     const_source,
     load_onnx,
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _QONNX_OPS = ("Quant", "IntQuant", "BipolarQuant", "Trunc", "FloatQuant", "MultiThreshold")
 _QCDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# float32 holds every integer below 2**24 exactly: accumulators that stay below are order-free.
+_FLOAT32_EXACT_BITS = 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +321,7 @@ def layer_checks(
             rec.update(act_quant_node=aq.node, exported_act_bits=a_bits, act_signed=aq.signed)
             if aq.bits != lp.act_bits:
                 problems.append(f"act bits: planned {lp.act_bits}, exported {aq.bits:g}")
-            rec["acc_bound_bits"] = _acc_bound_bits(q, aq, model, node)
+            rec["acc_bound_bits"] = _acc_bound_bits(wq, q, aq, model, node)
         if masks is not None and lp.name in masks:
             ok_mask = _mask_respected(q, masks[lp.name])
             rec["mask_respected"] = ok_mask
@@ -329,24 +332,32 @@ def layer_checks(
     return tuple(out)
 
 
-def _acc_bound_bits(q: np.ndarray, aq: Any, model: onnx.ModelProto, node: Any) -> float:
+def _acc_bound_bits(wq: Any, q: np.ndarray, aq: Any, model: onnx.ModelProto, node: Any) -> float:
+    """log2(1 + largest |accumulator|) counted in steps of the finest grid it lives on."""
     from qonnx.custom_op.general.intquant import max_int, min_int
 
-    a_max = max(
-        abs(min_int(aq.signed, aq.narrow, int(aq.bits))),
-        max_int(aq.signed, aq.narrow, int(aq.bits)),
-    )
+    bits = int(aq.bits)
+    a_max = max(abs(min_int(aq.signed, aq.narrow, bits)), max_int(aq.signed, aq.narrow, bits))
+    sa = float(np.max(aq.scale))
+    sw = float(np.max(wq.scale))
+    unit = float(np.min(aq.scale)) * float(np.min(wq.scale))
     w = np.abs(q)
-    # Per output: sum over its fan-in. Output channel axis is 0 for Conv/Gemm(transB), 1 for MatMul.
-    axis = 1 if node.op_type == "MatMul" else 0
-    per_out = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).sum(axis=1) * a_max
-    bound = float(per_out.max()) if per_out.size else 0.0
+    # Output channels: axis 0 for Conv and Gemm(transB=1), axis 1 for MatMul and Gemm(transB=0).
+    out_axis = (
+        1
+        if node.op_type == "MatMul" or (node.op_type == "Gemm" and not attr(node, "transB", 0))
+        else 0
+    )
+    per_out = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1).sum(axis=1)
+    bound = float(per_out.max(initial=0.0)) * a_max * sa * sw
     if len(node.input) > 2 and node.input[2]:
         bsrc = const_source(model, node.input[2])
         if bsrc is not None and bsrc.quant_node is not None:
             bq = quant_params(model, bsrc.quant_node)
-            bound += float(np.max(np.abs(bq.quantize_int(bsrc.array)), initial=0.0))
-    return round(math.log2(bound + 1), 3)
+            b = np.abs(bq.quantize_int(bsrc.array)) * np.asarray(bq.scale, dtype=np.float64)
+            bound += float(np.max(b, initial=0.0))
+            unit = min(unit, float(np.min(bq.scale)))
+    return round(math.log2(bound / unit + 1), 3)
 
 
 def _mask_respected(q: np.ndarray, mask: Any) -> bool | None:
@@ -432,6 +443,17 @@ def check_equivalence(report: EquivalenceReport) -> None:
             failures.append(
                 f"layer {c.get('name')!r} (node {c.get('node')}): {'; '.join(c.get('problems', []))}"
             )
+    wide = [
+        f"{c['name']} ({c['acc_bound_bits']:g} bits)"
+        for c in report.layer_checks
+        if c.get("acc_bound_bits", 0) > _FLOAT32_EXACT_BITS
+    ]
+    if wide and any(not h.exact for h in report.hops):
+        failures.append(
+            f"hint: layers {', '.join(wide)} can accumulate beyond float32's "
+            f"{_FLOAT32_EXACT_BITS}-bit significand, so float sums round and engines may differ — "
+            "lower their weight or activation bits"
+        )
     if failures:
         raise EquivalenceError("equivalence check failed — " + " | ".join(failures))
 

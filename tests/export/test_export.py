@@ -41,7 +41,14 @@ def digits_x(n: int = 64, image: bool = False) -> np.ndarray:
     return X.reshape(-1, 1, 8, 8) if image else X
 
 
-def mlp(wbits, abits, sparsity=0.0, seed=0, weight_quant=Int8WeightPerTensorFixedPoint):
+def mlp(
+    wbits,
+    abits,
+    sparsity=0.0,
+    seed=0,
+    weight_quant=Int8WeightPerTensorFixedPoint,
+    bias_quant=Int16Bias,
+):
     """A Brevitas MLP built with the project's recipe; returns (model, plan, masks)."""
     torch.manual_seed(seed)
     mods: OrderedDict[str, nn.Module] = OrderedDict()
@@ -59,7 +66,7 @@ def mlp(wbits, abits, sparsity=0.0, seed=0, weight_quant=Int8WeightPerTensorFixe
             bias=True,
             weight_quant=weight_quant,
             weight_bit_width=wbits[i],
-            bias_quant=Int16Bias,
+            bias_quant=bias_quant,
             return_quant_tensor=False,
         )
     model = nn.Sequential(mods)
@@ -212,6 +219,14 @@ def test_float_weight_scale_is_rejected_naming_node_and_scale(tmp_path):
     with pytest.raises(NotFixedPointError, match=r"Quant node 'Quant_\d+' has scale \[0\.\d+"):
         export_qonnx(model, (64,), tmp_path)
     assert not (tmp_path / "model.qonnx.onnx").exists()
+
+
+def test_float_bias_is_rejected(tmp_path):
+    model, _, _ = mlp((8, 8, 8, 8), (8, 8, 8, 8), bias_quant=None)
+    with pytest.raises(NotFixedPointError, match="layer 'fc1' .*float bias.*Int16Bias"):
+        export_qonnx(model, (64,), tmp_path)
+    g = export_qonnx(model, (64,), tmp_path, require_fixed_point=False)
+    assert g.qcdq_path is not None
 
 
 def test_unquantized_layer_is_rejected(tmp_path):

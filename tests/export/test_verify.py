@@ -50,7 +50,7 @@ def built(name: str, wbits, abits, sparsity: float, seed: int = 0):
         act_bits=dict(zip(names, abits, strict=True)),
         masks=masks,
     )
-    qmodel = calibrate(apply_plan(model, plan, masks), data.X_train)
+    qmodel = calibrate(apply_plan(model, plan, masks), data.X_train, n_batches=2)
     return qmodel, plan, masks, data
 
 
@@ -167,6 +167,17 @@ def test_more_than_8_bits_runs_the_qonnx_hop_only(tmp_path):
     r = verify_onnx_file(g.qonnx_path, data.X_test, reference=ref, y=data.y_test)
     assert [(h.a, h.b) for h in r.hops] == [("reference", "qonnx")] and r.exact
     assert any("onnxruntime" in s and "12 bits" in s for s in r.skipped)
+
+
+def test_accumulators_wider_than_float32_break_equality_and_the_error_says_so(tmp_path):
+    """Condition for bit-exactness: every accumulator fits float32's 24-bit significand."""
+    qmodel, plan, masks, data = built("digits-mlp", (16, 16, 16, 16), (16, 16, 16, 16), 0.0)
+    g = export_qonnx(qmodel, (64,), tmp_path, plan=plan)
+    report = verify_chain(qmodel, g, data.X_test, data.y_test, plan=plan)
+    assert all(c["ok"] and c["acc_bound_bits"] > 24 for c in report.layer_checks)
+    assert not report.exact and 0 < report.hops[0].max_abs_diff < 1e-6
+    with pytest.raises(EquivalenceError, match="hop brevitas→qonnx.*hint: layers fc1 .*24-bit"):
+        check_equivalence(report)
 
 
 # --- verify_onnx_file ---------------------------------------------------------------------
