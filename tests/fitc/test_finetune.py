@@ -1,0 +1,124 @@
+"""fitc.finetune: QAT keeps the pruning support fixed in every forward pass, keeps the best
+validation epoch, is deterministic, and brings a compressed digits-mlp back near float accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fitc.build import (
+    apply_plan,
+    calibrate,
+    evaluate_quant,
+    int_weight,
+    magnitude_masks,
+    make_plan,
+    measure_layers,
+    quant_layers,
+)
+from fitc.errors import ConfigError
+from fitc.finetune import finetune
+from fitc.models import build_model, get_spec, load_data, train_float
+
+
+@pytest.fixture(scope="module")
+def trained():
+    spec = get_spec("digits-mlp")
+    data = load_data(spec, seed=0)
+    model = build_model("digits-mlp", seed=0)
+    metrics = train_float(model, data, epochs=25, seed=0, progress=False)
+    return model.eval(), spec, data, metrics
+
+
+def _build(trained, sparsity=0.75, bits=3):
+    model, spec, data, _ = trained
+    masks = magnitude_masks(model, sparsity)
+    plan = make_plan(
+        model,
+        model_name="digits-mlp",
+        input_shape=spec.input_shape,
+        weight_bits=bits,
+        act_bits=8,
+        masks=masks,
+    )
+    qmodel = apply_plan(model, plan, masks)
+    calibrate(qmodel, data.X_train)
+    return qmodel, plan, masks
+
+
+def _small(data, n=256):
+    return dataclasses.replace(data, X_train=data.X_train[:n], y_train=data.y_train[:n])
+
+
+def test_support_is_fixed_in_every_forward_pass(trained):
+    qmodel, plan, masks = _build(trained, sparsity=0.9, bits=2)
+    support = {n: int_weight(m) != 0 for n, m in quant_layers(qmodel).items()}
+    checked = []
+
+    def check(mod, inp, name):
+        q = int_weight(mod)
+        assert not q[~masks[name]].any(), f"{name}: a pruned weight is non-zero"
+        assert torch.equal(q != 0, support[name]), f"{name}: the support moved"
+        checked.append(name)
+
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp, name=n: check(mod, inp, name))
+        for n, m in quant_layers(qmodel).items()
+    ]
+    finetune(qmodel, masks, _small(trained[2]), epochs=3, lr=1e-2, progress=False)
+    for h in hooks:
+        h.remove()
+    assert len(checked) > 4 * 3 * 4  # training and validation forwards were all checked
+    for lp, m in zip(plan.layers, measure_layers(qmodel, plan), strict=True):
+        assert m == lp  # bits and non-zero counts still equal the plan after fine-tuning
+    for name, layer in quant_layers(qmodel).items():
+        assert not layer.weight[~masks[name]].any()  # the float weights themselves stay zero
+
+
+def test_best_epoch_is_kept_and_runs_are_deterministic(trained):
+    data = _small(trained[2], 384)
+    runs = []
+    for _ in range(2):
+        qmodel, plan, masks = _build(trained)
+        metrics = finetune(qmodel, masks, data, epochs=4, lr=3e-3, seed=1, progress=False)
+        runs.append((qmodel, metrics))
+    (q1, m1), (q2, m2) = runs
+    assert m1["finetune_val_history"] == m2["finetune_val_history"]
+    s1, s2 = q1.state_dict(), q2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    hist = m1["finetune_val_history"]
+    assert len(hist) == 5 and m1["built_val_accuracy"] == hist[0]
+    assert m1["finetune_val_accuracy"] == max(hist)
+    assert hist[m1["finetune_best_epoch"]] == max(hist)
+    assert evaluate_quant(q1, data.X_val, data.y_val) == m1["finetune_val_accuracy"]
+    assert not q1.training
+
+
+def test_finetuning_recovers_accuracy(trained):
+    model, spec, data, float_metrics = trained
+    qmodel, plan, masks = _build(trained, sparsity=0.75, bits=3)
+    built = evaluate_quant(qmodel, data.X_test, data.y_test)
+    metrics = finetune(
+        qmodel, masks, data, epochs=8, optimizer="sgd", schedule="none", lr=0.02, progress=False
+    )
+    tuned = evaluate_quant(qmodel, data.X_test, data.y_test)
+    assert metrics["finetune_val_accuracy"] >= metrics["built_val_accuracy"]
+    assert tuned >= built - 0.01
+    assert tuned >= float_metrics["float_test_accuracy"] - 0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'.*adam, sgd"),
+        ({"schedule": "step"}, "schedule='step'.*cosine, none"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_bad_options_are_config_errors(trained, kwargs, pattern):
+    qmodel, plan, masks = _build(trained)
+    with pytest.raises(ConfigError, match=pattern):
+        finetune(qmodel, masks, trained[2], progress=False, **kwargs)
