@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fitc.build import apply_plan, calibrate, magnitude_masks, make_plan
+from fitc.errors import ArtifactError
 from fitc.export import check_equivalence, export_qonnx, verify_chain, verify_onnx_file
 from fitc.models import build_model, get_spec, load_data, train_float
 
@@ -55,7 +56,17 @@ def bench(name: str, repeat: int, dynamo: bool, epochs: int, sparsity: float) ->
         model, model_name=name, input_shape=spec.input_shape, weight_bits=wbits, act_bits=abits,
         masks=masks,
     )  # fmt: skip
-    qmodel = calibrate(apply_plan(model, plan, masks), data.X_train)
+    try:
+        qmodel = apply_plan(model, plan, masks)
+    except ArtifactError as e:  # layers sharing one quantizer (residual blocks) need equal act bits
+        print(f"(mixed act bits not buildable: {e}; using 6 act bits everywhere)")
+        abits = dict.fromkeys(layers, 6)
+        plan = make_plan(
+            model, model_name=name, input_shape=spec.input_shape, weight_bits=wbits, act_bits=6,
+            masks=masks,
+        )  # fmt: skip
+        qmodel = apply_plan(model, plan, masks)
+    qmodel = calibrate(qmodel, data.X_train)
 
     print(f"\n== {name}: {len(layers)} layers, weight bits {list(wbits.values())}, "
           f"act bits {list(abits.values())}, sparsity {sparsity:.0%} per layer; "
