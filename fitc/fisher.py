@@ -343,8 +343,8 @@ class _GradEngine:
             self.weights, self._zeros(len(x)), x, t
         )
         self.probes.probes = None
-        sw = {n: (g.double() ** 2).sum(0) for n, g in g_w.items()}
-        sa = {n: float((g.double() ** 2).sum()) for n, g in g_a.items()}
+        sw = {n: (g * g).sum(0, dtype=torch.float64) for n, g in g_w.items()}
+        sa = {n: float((g * g).sum(dtype=torch.float64)) for n, g in g_a.items()}
         return sw, sa
 
     def _loop_chunk(self, x: torch.Tensor, t: torch.Tensor):
