@@ -13,6 +13,13 @@ Contract:
   graph equals the plan's ``n_nonzero`` (so the exported sparsity equals the planned one exactly);
   with masks, that every masked weight is zero in the graph. It never raises on a mismatch: the
   report records it, and :func:`check_equivalence` turns it into :class:`EquivalenceError`.
+- Conditions for bit-exactness, each observed to be needed or checked here: power-of-two scales
+  with zero zero points (float weight scales gave max |diff| 1.5e-8 and 19 % identical rows);
+  integer biases (both enforced by ``export_qonnx``); every accumulator within float32's 24-bit
+  significand (``acc_bound_bits``: 16-bit weights × 16-bit activations gave max |diff| 3e-8);
+  the model in eval mode (frozen activation scales); pruned weights exactly zero in the weight
+  tensor (no live prune hooks); inputs cast to float32 once, before every engine; round half to
+  even everywhere (Brevitas, numpy in qonnx, QuantizeLinear in onnxruntime agree on it).
 - "Identical" means every value compares equal (``==``; +0.0 equals -0.0, NaN equals nothing).
 - :func:`verify_onnx_file` checks a graph made elsewhere: a QONNX file runs in the qonnx executor
   and, when it converts to QCDQ (constant Quant nodes folded, the rest 2…8 bits), in onnxruntime;
@@ -48,6 +55,7 @@ from .qonnx_export import (
     attr,
     check_fixed_point,
     const_source,
+    is_power_of_two,
     load_onnx,
     quant_params,
     weight_source,
@@ -168,13 +176,16 @@ def onnxruntime_session(model: onnx.ModelProto) -> Any:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray) -> np.ndarray:
+def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray, *, progress: bool = False) -> np.ndarray:
     """onnxruntime outputs, one sample per run unless the graph's batch dimension is dynamic."""
+    from tqdm import tqdm
+
     sess = onnxruntime_session(model)
     inp = sess.get_inputs()[0]
     if not isinstance(inp.shape[0], int):
         return np.asarray(sess.run(None, {inp.name: X})[0], dtype=np.float32)
-    outs = [sess.run(None, {inp.name: X[i : i + 1]})[0] for i in range(len(X))]
+    rows = tqdm(range(len(X)), desc="onnxruntime", unit="sample", disable=not progress)
+    outs = [sess.run(None, {inp.name: X[i : i + 1]})[0] for i in rows]
     return np.concatenate(outs).astype(np.float32, copy=False)
 
 
@@ -262,8 +273,8 @@ def layer_checks(
 
     Each dict has ``name, node, ok, problems`` and the planned/exported figures; ``ok`` is False
     (with the reasons in ``problems``) on any difference. Exactness of the float32 arithmetic is
-    recorded too: ``acc_bound_bits`` is log2 of the largest possible |accumulator| in units of the
-    product scale; above 24 bits float32 sums may round and engines may disagree.
+    recorded too: ``acc_bound_bits`` is log2 of the largest possible |accumulator| counted in steps
+    of its (power-of-two) grid; above 24 bits float32 sums may round and engines may disagree.
     """
     nodes = {n.name: n for n in model.graph.node}
     out = []
@@ -301,6 +312,10 @@ def layer_checks(
             exported_sparsity=round(1.0 - nnz / q.size, 6),
             weight_scale=float(np.asarray(wq.scale).reshape(-1)[0]),
         )
+        if not is_power_of_two(wq.scale):
+            problems.append(
+                f"weight scale {wq.scale.reshape(-1)[:4].tolist()} is not a power of two"
+            )
         if wq.bits != lp.weight_bits:
             problems.append(f"weight bits: planned {lp.weight_bits}, exported {wq.bits:g}")
         if q.size != lp.n_weights:
@@ -319,6 +334,10 @@ def layer_checks(
             aq = quant_params(model, aq_node)
             a_bits = int(aq.bits) if aq.bits.is_integer() else aq.bits
             rec.update(act_quant_node=aq.node, exported_act_bits=a_bits, act_signed=aq.signed)
+            if not is_power_of_two(aq.scale):
+                problems.append(
+                    f"act scale {aq.scale.reshape(-1)[:4].tolist()} is not a power of two"
+                )
             if aq.bits != lp.act_bits:
                 problems.append(f"act bits: planned {lp.act_bits}, exported {aq.bits:g}")
             rec["acc_bound_bits"] = _acc_bound_bits(wq, q, aq, model, node)
@@ -382,6 +401,7 @@ def verify_chain(
     plan: CompressionPlan | None = None,
     masks: Mapping[str, Any] | None = None,
     timings: dict[str, float] | None = None,
+    progress: bool = False,
 ) -> EquivalenceReport:
     """Run the test set through Brevitas, the qonnx executor and onnxruntime; compare each with
     Brevitas. Pass a dict as ``timings`` to receive wall times (s) per engine."""
@@ -402,7 +422,7 @@ def verify_chain(
     if exported.qcdq_path is not None:
         qcdq_model = load_onnx(exported.qcdq_path)
         t0 = time.perf_counter()
-        out_o = run_onnxruntime(qcdq_model, X)
+        out_o = run_onnxruntime(qcdq_model, X, progress=progress)
         t["onnxruntime_s"] = time.perf_counter() - t0
         hops.append(compare("brevitas", ref, "onnxruntime", out_o, y))
     else:
