@@ -1,0 +1,251 @@
+"""Accuracy of fitc's plans against three baselines at equal weight size, same fine-tuning.
+
+For each model: train the float model once (seeded), estimate its Fisher once, then for each
+size budget build, calibrate and fine-tune (identical settings for every method):
+
+  fitc      FITCompress search: mixed weight bits + global Fisher-importance pruning
+  uniform   (a) one bit width for every layer + global magnitude pruning tuned to the budget; the
+            bit width is picked among --uniform-bits by validation accuracy after fine-tuning
+  fit-mp    (b) FIT-guided mixed precision without pruning (the same search, pruning disabled);
+            unreachable below 2 bits per weight (size 1/16)
+  mag-8b    (c) 8-bit weights + global magnitude pruning tuned to the budget
+
+Size = Σ non-zero quantized weights × bits / (Σ weights × 32), measured on the built model.
+Accuracy is on the held-out test split; activations are 8-bit everywhere.
+
+    python bench/quality.py                       # digits-mlp and digits-cnn, 1/8 … 1/64
+    python bench/quality.py --models digits-mlp --budgets 1/16 --epochs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fitc.artifacts import Budget, CompressionPlan
+from fitc.build import (
+    apply_plan,
+    calibrate,
+    evaluate_quant,
+    float_layers,
+    magnitude_masks,
+    make_plan,
+    measure_layers,
+)
+from fitc.cost import SizeCost
+from fitc.errors import BudgetInfeasibleError
+from fitc.finetune import finetune
+from fitc.fisher import estimate_fisher
+from fitc.models import build_model, get_spec, load_data, train_float
+from fitc.search import search_plan
+from fitc.space import SearchSpace
+
+
+@dataclass
+class Result:
+    test_acc: float | None
+    val_acc: float | None
+    size: float | None
+    note: str = ""
+    seconds: float = 0.0
+
+
+def _finetuned(model, plan: CompressionPlan, masks, data, args) -> Result:
+    t0 = time.perf_counter()
+    qmodel = apply_plan(model, plan, masks)
+    calibrate(qmodel, data.X_train)
+    metrics = finetune(
+        qmodel,
+        masks,
+        data,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
+    )
+    size = SizeCost()(measure_layers(qmodel, plan))
+    return Result(
+        test_acc=evaluate_quant(qmodel, data.X_test, data.y_test),
+        val_acc=metrics["finetune_val_accuracy"],
+        size=size,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _pruned(plan: CompressionPlan) -> float:
+    return 1 - sum(lp.n_nonzero for lp in plan.layers) / sum(lp.n_weights for lp in plan.layers)
+
+
+def magnitude_plan(model, name, spec, bits: int, limit: float):
+    """Uniform ``bits`` + the least global magnitude pruning whose measured size is ≤ ``limit``."""
+    n = sum(m.weight.numel() for m in float_layers(model).values())
+
+    def plan_for(k: int):
+        masks = magnitude_masks(model, k / n)
+        return make_plan(
+            model,
+            model_name=name,
+            input_shape=spec.input_shape,
+            weight_bits=bits,
+            act_bits=8,
+            masks=masks,
+        ), masks
+
+    lo, hi = 0, n - 1  # the size is non-increasing in the number of pruned weights
+    plan, masks = plan_for(lo)
+    if plan.achieved_cost <= limit:
+        return plan, masks
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if plan_for(mid)[0].achieved_cost <= limit:
+            hi = mid
+        else:
+            lo = mid
+    return plan_for(hi)
+
+
+def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
+    spec = get_spec(name)
+    data = load_data(spec, seed=args.seed)
+    model = build_model(name, seed=args.seed)
+    t0 = time.perf_counter()
+    fm = train_float(model, data, epochs=args.train_epochs, seed=args.seed, progress=False)
+    model.eval()
+    print(
+        f"\n{name}: float test accuracy {fm['float_test_accuracy']:.4f} "
+        f"(trained in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
+    t0 = time.perf_counter()
+    fisher = estimate_fisher(model, X, y, max_batches=20, seed=args.seed)
+    print(f"  Fisher in {time.perf_counter() - t0:.1f} s", flush=True)
+    rows = []
+    for budget in budgets:
+        row = {"model": name, "budget": str(budget), "float": fm["float_test_accuracy"]}
+
+        t0 = time.perf_counter()
+        res = search_plan(
+            model,
+            fisher,
+            budget,
+            SearchSpace(),
+            model_name=name,
+            input_shape=spec.input_shape,
+            seed=args.seed,
+        )
+        search_s = time.perf_counter() - t0
+        r = _finetuned(model, res.plan, res.masks, data, args)
+        r.note = " ".join(f"{lp.weight_bits}b/{lp.sparsity:.0%}" for lp in res.plan.layers)
+        r.seconds += search_s
+        row["fitc"] = r
+
+        best = None
+        for bits in args.uniform_bits:
+            plan, masks = magnitude_plan(model, name, spec, bits, budget.limit)
+            r = _finetuned(model, plan, masks, data, args)
+            r.note = f"{bits}b, {_pruned(plan):.0%} pruned"
+            if best is None or r.val_acc > best.val_acc:
+                best = r
+        row["uniform"] = best
+
+        t0 = time.perf_counter()
+        try:
+            res = search_plan(
+                model,
+                fisher,
+                budget,
+                SearchSpace(prune_levels=(0.0,)),
+                model_name=name,
+                input_shape=spec.input_shape,
+                seed=args.seed,
+            )
+            search_s = time.perf_counter() - t0
+            r = _finetuned(model, res.plan, res.masks, data, args)
+            r.note = " ".join(f"{lp.weight_bits}b" for lp in res.plan.layers)
+            r.seconds += search_s
+        except BudgetInfeasibleError as e:
+            r = Result(None, None, e.smallest_reachable, note="unreachable without pruning")
+        row["fit-mp"] = r
+
+        plan, masks = magnitude_plan(model, name, spec, 8, budget.limit)
+        r = _finetuned(model, plan, masks, data, args)
+        r.note = f"{_pruned(plan):.0%} pruned"
+        row["mag-8b"] = r
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+METHODS = ("fitc", "uniform", "fit-mp", "mag-8b")
+
+
+def _cell(r: Result) -> str:
+    if r.test_acc is None:
+        return f"{'—':>6} (min size {r.size:.4f})" if r.size else "—"
+    return f"{100 * r.test_acc:6.2f} (size {r.size:.4f})"
+
+
+def _print_row(row: dict) -> None:
+    print(
+        f"  {row['budget']:>9}: " + " | ".join(f"{m} {_cell(row[m])}" for m in METHODS), flush=True
+    )
+    for m in METHODS:
+        r = row[m]
+        print(f"      {m:8s} {r.note}  [{r.seconds:.1f} s]", flush=True)
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\nTest accuracy % (achieved size as a fraction of float32) — same fine-tuning for all\n")
+    head = (
+        f"| {'model':10s} | {'budget':9s} | {'float':6s} | "
+        + " | ".join(f"{m:22s}" for m in METHODS)
+        + " |"
+    )
+    print(head)
+    print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
+    for row in rows:
+        cells = " | ".join(f"{_cell(row[m]):22s}" for m in METHODS)
+        print(f"| {row['model']:10s} | {row['budget']:9s} | {100 * row['float']:6.2f} | {cells} |")
+    wins = [
+        (row["model"], row["budget"], m)
+        for row in rows
+        for m in METHODS[1:]
+        if row[m].test_acc is not None and row[m].test_acc > row["fitc"].test_acc
+    ]
+    print("\nbaselines above fitc: " + (", ".join(f"{a} {b} {c}" for a, b, c in wins) or "none"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn"])
+    p.add_argument("--budgets", nargs="+", default=["1/8", "1/16", "1/32", "1/64"])
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (all methods)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam")
+    p.add_argument("--schedule", default="cosine")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--train-epochs", type=int, default=60)
+    p.add_argument("--uniform-bits", type=int, nargs="+", default=[8, 6, 4, 3, 2])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    budgets = [Budget.parse(f"size={b}") for b in args.budgets]
+    t0 = time.perf_counter()
+    rows = [row for name in args.models for row in run_model(name, budgets, args)]
+    print_table(rows)
+    print(
+        f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs} epochs, "
+        f"{args.optimizer}, lr {args.lr}, {args.schedule}, batch {args.batch_size}, seed {args.seed}"
+    )
+
+
+if __name__ == "__main__":
+    main()
