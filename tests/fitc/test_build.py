@@ -297,3 +297,44 @@ def test_built_models_export_to_qonnx_and_qcdq(tmp_path):
     name = sess.get_inputs()[0].name
     got = np.concatenate([sess.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])
     assert np.array_equal(got, predict(qmodel, x).numpy())
+
+
+class _AvgHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4, 3)
+        self.out_relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.out_relu(self.fc(self.flatten(self.pool(self.relu(self.conv(x))))))
+
+
+def test_average_pool_gets_its_own_quantizer_and_a_final_relu_returns_a_tensor():
+    model = _AvgHead()
+    plan = make_plan(
+        model,
+        model_name="toy",
+        input_shape=(1, 4, 4),
+        weight_bits=4,
+        act_bits={"conv": 8, "fc": 5},
+    )
+    qmodel = apply_plan(model, plan, None)
+    assert qmodel.meta["fitc"]["input_quantizers"] == {"conv": INPUT_QUANT, "fc": "pool_quant"}
+    assert int(qmodel.pool_quant.act_quant.bit_width()) == 5
+    assert not qmodel.pool_quant.act_quant.is_signed  # averages of ReLU outputs
+    assert int(qmodel.relu.act_quant.bit_width()) == 8  # feeds no planned layer: widest act bits
+    calibrate(qmodel, torch.randn(32, 1, 4, 4))
+    out = qmodel(torch.randn(2, 1, 4, 4))
+    assert type(out) is torch.Tensor and (out >= 0).all()
+    assert measure_layers(qmodel, plan, input_shape=(1, 4, 4)) == plan.layers
+
+
+def test_finetune_is_importable_from_build():
+    from fitc.build import finetune
+    from fitc.finetune import finetune as ft
+
+    assert finetune is ft
