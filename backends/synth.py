@@ -82,10 +82,13 @@ def synthesize(
 ) -> ResourceReport:
     """Run the vendor HLS build of the project (C synthesis; Vivado logic synthesis with
     ``vsynth``, by default when ``vivado`` is on PATH) and return its resources. ``hw`` defaults
-    to the hardware the project was lowered for (``fitc_hls_project.json``)."""
+    to the hardware the project was lowered for (``fitc_hls_project.json``). ``project_dir`` may
+    also be a run directory holding the project in ``hls4ml/``."""
     import hls4ml
 
     project_dir = Path(project_dir)
+    if (project_dir / "hls4ml" / "hls4ml_config.yml").is_file():  # a run directory
+        project_dir = project_dir / "hls4ml"
     if not (project_dir / "hls4ml_config.yml").is_file():
         raise ArtifactError(
             f"{project_dir}: no hls4ml project (hls4ml_config.yml missing); run `fitc lower` first"
