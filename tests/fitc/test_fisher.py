@@ -19,6 +19,15 @@ N = 96
 BATCH = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine, oversubscribed threads are ~10× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @functools.cache
 def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_data(get_spec(name))

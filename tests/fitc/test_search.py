@@ -1,0 +1,289 @@
+"""FIT, the sensitivity table and the path search: budgets met (recomputed independently),
+monotone in the limit, deterministic, infeasible budgets reported up front."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fitc.artifacts import Budget, CompressionPlan, LayerPlan
+from fitc.cost import BopsCost, SizeCost
+from fitc.errors import BudgetInfeasibleError, ConfigError
+from fitc.fisher import Fisher, estimate_fisher
+from fitc.rundir import load_torch, save_torch
+from fitc.search import fit_value, search_plan, sensitivity_table
+from fitc.space import SearchSpace, quantize_weight
+
+SHAPE = (1, 6, 6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine, oversubscribed threads are ~10× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _Block(nn.Module):
+    """conv → relu → two layers reading the same tensor (a shortcut-like fork) → add → fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu = nn.ReLU()
+        self.flat = nn.Flatten()
+        self.left = nn.Linear(64, 24)
+        self.right = nn.Linear(64, 24)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        z = self.flat(self.relu(self.conv(x)))
+        return self.head(self.relu2(self.left(z) + self.right(z)))
+
+
+@functools.cache
+def _setup() -> tuple[nn.Module, Fisher, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = _Block()
+    X = torch.randn(160, *SHAPE)
+    y = (X.flatten(1)[:, :5].argmax(1) + (X.mean((1, 2, 3)) > 0).long()) % 5
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    fisher = estimate_fisher(model, X, y, batch_size=40, min_batches=4, max_batches=4)
+    return model, fisher, X, y
+
+
+@functools.cache
+def _floor_and_start(kind: str) -> tuple[float, float]:
+    model, fisher, *_ = _setup()
+    start = search_plan(model, fisher, Budget(kind, 1.0)).plan.achieved_cost
+    try:
+        search_plan(model, fisher, Budget(kind, 1e-9))
+    except BudgetInfeasibleError as e:
+        return e.smallest_reachable, start
+    raise AssertionError("a budget of 1e-9 must be infeasible")
+
+
+def _independent_cost(kind: str, layers) -> float:
+    if kind == "size":
+        return sum(lp.n_nonzero * lp.weight_bits for lp in layers) / sum(
+            32 * lp.n_weights for lp in layers
+        )
+    num = den = 0.0
+    for lp in layers:
+        lg = math.log2(lp.fan_in)
+        p = lp.n_nonzero / lp.n_weights
+        ba, bw = lp.act_bits, lp.weight_bits
+        num += lp.n_weights * lp.out_positions * (p * ba * bw + ba + bw + lg)
+        den += lp.n_weights * lp.out_positions * (32 * 32 + 64 + lg)
+    return num / den
+
+
+def _check_result(res, model, kind: str, limit: float) -> None:
+    plan = res.plan
+    modules = dict(model.named_modules())
+    assert [lp.name for lp in plan.layers] == ["conv", "left", "right", "head"]
+    for lp in plan.layers:
+        w = modules[lp.name].weight.detach()
+        mask = res.masks[lp.name]
+        assert mask.dtype == torch.bool and mask.shape == w.shape
+        q = quantize_weight(w * mask, lp.weight_bits)
+        assert torch.equal(res.weights[lp.name], q)
+        assert lp.n_nonzero == int(torch.count_nonzero(q))
+        assert lp.n_weights == w.numel()
+    assert plan.layer("conv").out_positions == 16 and plan.layer("conv").fan_in == 9
+    assert plan.layer("left").act_bits == plan.layer("right").act_bits  # same input tensor
+    cost = _independent_cost(kind, plan.layers)
+    assert cost == pytest.approx(plan.achieved_cost, rel=1e-12)
+    assert cost <= limit
+    assert plan.path[0].move == "start" and plan.path[-1].cost == plan.achieved_cost
+    assert all(a.g <= b.g for a, b in zip(plan.path, plan.path[1:], strict=False))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["size", "bops"]),
+    u=st.floats(0.0, 1.0),
+    shrink=st.floats(0.3, 0.95),
+)
+def test_random_budgets_are_met_monotone_and_deterministic(kind, u, shrink):
+    model, fisher, *_ = _setup()
+    floor, start = _floor_and_start(kind)
+    # log-uniform between the smallest reachable cost and just below the uncompressed cost
+    limit = math.exp(math.log(floor) + u * (math.log(start * 0.999) - math.log(floor)))
+    limit = min(max(limit, floor), start * 0.999)
+    res = search_plan(model, fisher, Budget(kind, limit))
+    _check_result(res, model, kind, limit)
+    tighter_limit = max(limit * shrink, floor)
+    tighter = search_plan(model, fisher, Budget(kind, tighter_limit))
+    _check_result(tighter, model, kind, tighter_limit)
+    assert tighter.plan.achieved_cost <= res.plan.achieved_cost
+    again = search_plan(model, fisher, Budget(kind, limit), seed=0)
+    assert again.plan.layers == res.plan.layers and again.plan.path == res.plan.path
+    assert all(torch.equal(again.masks[n], res.masks[n]) for n in res.masks)
+
+
+def test_infeasible_budget_is_reported_up_front():
+    model, fisher, *_ = _setup()
+    floor, _ = _floor_and_start("size")
+    with pytest.raises(BudgetInfeasibleError) as e:
+        search_plan(model, fisher, Budget("size", floor * 0.5))
+    assert e.value.smallest_reachable == pytest.approx(floor)
+    assert "unreachable" in str(e.value) and "size=" in str(e.value)
+    # exactly the floor is reachable
+    res = search_plan(model, fisher, Budget("size", floor))
+    assert res.plan.achieved_cost <= floor
+    # a narrower space has a higher floor
+    narrow = SearchSpace(weight_bits=(8, 6), prune_levels=(0.0, 0.5))
+    with pytest.raises(BudgetInfeasibleError) as e2:
+        search_plan(model, fisher, Budget("size", 0.05), narrow)
+    assert e2.value.smallest_reachable > 0.05
+
+
+def test_uncompressed_state_meeting_the_budget_is_returned():
+    model, fisher, *_ = _setup()
+    res = search_plan(model, fisher, Budget("size", 0.5), model_name="block")
+    assert res.expansions == 0 and len(res.plan.path) == 1
+    assert all(lp.weight_bits == 8 and lp.act_bits == 8 for lp in res.plan.layers)
+    assert all(bool(m.all()) for m in res.masks.values())
+    assert res.plan.model == "block" and res.plan.predicted_fit > 0
+
+
+def test_astar_without_heuristic_finds_a_shortest_path():
+    model, fisher, *_ = _setup()
+    space = SearchSpace(weight_bits=(8, 6, 4, 2), prune_levels=(0.0, 0.3, 0.6, 0.9))
+    budget = Budget("size", 0.06)
+    greedy = search_plan(model, fisher, budget, space, lam=0.0)
+    astar = search_plan(model, fisher, budget, space, lam=0.0, algorithm="astar")
+    for res in (greedy, astar):
+        _check_result(res, model, "size", budget.limit)
+    assert astar.plan.path[-1].g <= greedy.plan.path[-1].g + 1e-12
+    default = search_plan(model, fisher, budget, space, algorithm="astar")
+    _check_result(default, model, "size", budget.limit)
+
+
+def test_per_layer_pruning_and_activation_bits():
+    model, fisher, *_ = _setup()
+    space = SearchSpace(act_bits=(8, 6, 4), per_layer_prune=True)
+    res = search_plan(model, fisher, Budget("bops", 0.012), space)
+    _check_result(res, model, "bops", 0.012)
+    moves = [s.move for s in res.plan.path]
+    assert any(":a" in m for m in moves)
+    assert any(
+        m.startswith(("conv:prune", "left:prune", "right:prune", "head:prune")) for m in moves
+    )
+    assert any("left+right:a" in m for m in moves) or (
+        res.plan.layer("left").act_bits == res.plan.layer("right").act_bits == 8
+    )
+    # under a size budget activation moves never pay: they are not taken
+    size = search_plan(model, fisher, Budget("size", 0.05), space)
+    assert all(":a" not in s.move for s in size.plan.path)
+
+
+def test_fisher_refresh_along_the_path():
+    model, fisher, X, y = _setup()
+    budget = Budget("size", 0.03)
+    res = search_plan(
+        model, fisher, budget, refresh_every=3, refresh_data=(X, y), refresh_batch_size=40
+    )
+    _check_result(res, model, "size", budget.limit)
+    assert res.refreshes >= 1 and res.fisher is not fisher
+    assert res.plan.fisher_time_s >= fisher.wall_time_s
+    again = search_plan(
+        model, fisher, budget, refresh_every=3, refresh_data=(X, y), refresh_batch_size=40
+    )
+    assert again.plan.layers == res.plan.layers
+    # the model itself is never modified
+    fresh = estimate_fisher(model, X, y, batch_size=40, min_batches=4, max_batches=4)
+    assert torch.equal(fresh.weight["conv"], fisher.weight["conv"])
+
+
+class _FakeLut:
+    """A stand-in hardware cost: 'LUTs' = Σ non-zeros × weight bits × act bits / 8."""
+
+    kind = "lut"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, layers) -> float:
+        self.calls += 1
+        assert all(isinstance(lp, LayerPlan) for lp in layers)
+        return sum(lp.n_nonzero * lp.weight_bits * lp.act_bits / 8 for lp in layers)
+
+
+def test_pluggable_cost_model():
+    model, fisher, *_ = _setup()
+    lut = _FakeLut()
+    start = lut(search_plan(model, fisher, Budget("size", 1.0)).plan.layers)
+    res = search_plan(model, fisher, Budget("lut", start / 5), cost=lut)
+    assert lut(res.plan.layers) <= start / 5 and res.plan.achieved_cost <= start / 5
+    assert lut.calls > 10
+    with pytest.raises(ConfigError, match="kind"):
+        search_plan(model, fisher, Budget("size", 0.1), cost=lut)
+    with pytest.raises(ConfigError, match="cost="):
+        search_plan(model, fisher, Budget("dsp", 3))
+    assert isinstance(SizeCost(), SizeCost) and BopsCost.kind == "bops"
+
+
+def test_plan_artifacts_roundtrip(tmp_path):
+    model, fisher, *_ = _setup()
+    res = search_plan(model, fisher, Budget.parse("size=1/16"), model_name="block")
+    plan = res.plan
+    assert CompressionPlan.from_dict(plan.to_dict()) == plan
+    d = plan.to_dict()
+    assert d["budget"] == {"kind": "size", "limit": 0.0625}
+    assert {"g", "h", "f", "cost", "move"} <= set(d["path"][1])
+    assert all("sparsity" in lp for lp in d["layers"])
+    save_torch(tmp_path / "masks.pt", res.masks)
+    back = load_torch(tmp_path / "masks.pt")
+    assert all(torch.equal(back[n], res.masks[n]) for n in res.masks)
+
+
+def test_fit_value_and_sensitivity_table():
+    _, fisher, *_ = _setup()
+    wb = {"conv": 4, "head": 2}
+    ab = {"left": 6}
+    want = (
+        fisher.weight_trace["conv"] * (fisher.weight_range["conv"] / 15) ** 2
+        + fisher.weight_trace["head"] * (fisher.weight_range["head"] / 3) ** 2
+        + fisher.act_trace["left"] * (fisher.act_range["left"] / 63) ** 2
+    )
+    assert fit_value(fisher, wb, ab) == pytest.approx(want, rel=1e-12)
+    assert fit_value(fisher, {}, {}) == 0.0
+    assert fit_value(fisher, {"conv": 2}, {}) > fit_value(fisher, {"conv": 3}, {})
+    with pytest.raises(ConfigError, match="unknown layers"):
+        fit_value(fisher, {"nope": 4}, {})
+    rows = sensitivity_table(fisher)
+    assert [r["name"] for r in rows] != [] and len(rows) == 4
+    assert all(a["sensitivity"] >= b["sensitivity"] for a, b in zip(rows, rows[1:], strict=False))
+    assert {"fit_w8", "fit_w5", "fit_w2", "fit_a8", "weight_trace", "act_trace"} <= set(rows[0])
+    r = rows[0]
+    assert r["sensitivity"] == pytest.approx(r["fit_w2"] + r["fit_a8"])
+
+
+def test_bad_arguments():
+    model, fisher, *_ = _setup()
+    with pytest.raises(ConfigError, match="algorithm"):
+        search_plan(model, fisher, Budget("size", 0.1), algorithm="beam")
+    other = nn.Sequential(OrderedDict(flat=nn.Flatten(), fc=nn.Linear(36, 5)))
+    with pytest.raises(ConfigError, match="Fisher"):
+        search_plan(other, fisher, Budget("size", 0.1))
