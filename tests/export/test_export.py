@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
+from brevitas.nn import QuantIdentity, QuantLinear, QuantReLU
 from brevitas.quant import (
     Int8ActPerTensorFixedPoint,
     Int8WeightPerTensorFixedPoint,
@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from fitc.artifacts import Budget, CompressionPlan, LayerPlan
+from fitc.build import apply_plan, calibrate, magnitude_masks, make_plan
 from fitc.errors import ArtifactError, FitcError
 from fitc.export import (
     ExportedGraph,
@@ -32,8 +33,27 @@ from fitc.export import (
     match_layers,
 )
 from fitc.export.qonnx_export import const_value, quant_params, weight_source
+from fitc.models import build_model, get_spec, load_data
 
 MLP = (("fc1", 64, 64), ("fc2", 64, 32), ("fc3", 32, 32), ("fc4", 32, 10))
+
+
+def built(name: str, wbits, abits, sparsity: float = 0.0):
+    """(qmodel, plan, masks) through the real pipeline path: fitc.models → fitc.build."""
+    spec = get_spec(name)
+    model = build_model(name, seed=0)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    masks = magnitude_masks(model, sparsity, scope="layer") if sparsity else None
+    plan = make_plan(
+        model,
+        model_name=name,
+        input_shape=spec.input_shape,
+        weight_bits=dict(zip(names, wbits, strict=True)),
+        act_bits=dict(zip(names, abits, strict=True)),
+        masks=masks,
+    )
+    X = load_data(spec).X_train
+    return calibrate(apply_plan(model, plan, masks), X, n_batches=2), plan, masks
 
 
 def digits_x(n: int = 64, image: bool = False) -> np.ndarray:
@@ -114,7 +134,7 @@ def _finish(model, names, wbits, abits, sparsity, X, seed):
 
 
 def test_mlp_writes_both_checked_graphs_and_a_layer_map(tmp_path):
-    model, plan, _ = mlp((8, 6, 4, 2), (8, 6, 4, 3), sparsity=0.9)
+    model, plan, _ = built("digits-mlp", (8, 6, 4, 2), (8, 6, 4, 3), sparsity=0.9)
     g = export_qonnx(model, (64,), tmp_path, plan=plan)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qcdq.onnx", "model.qonnx.onnx"]
     for path in (g.qonnx_path, g.qcdq_path):
@@ -132,7 +152,7 @@ def test_layer_map_matches_the_torchscript_scope_names(tmp_path):
     """Value matching agrees with the names the TorchScript exporter gives (``/fc2/Gemm``)."""
     from brevitas.export import export_qonnx as brevitas_export
 
-    model, _, _ = mlp((4, 4, 4, 4), (8, 8, 8, 8))
+    model, _, _ = built("digits-mlp", (4, 4, 4, 4), (8, 8, 8, 8))
     brevitas_export(
         model, input_t=torch.zeros(1, 64), export_path=str(tmp_path / "raw.onnx"), dynamo=False
     )
@@ -142,7 +162,7 @@ def test_layer_map_matches_the_torchscript_scope_names(tmp_path):
 
 
 def test_layer_map_uses_plan_names_for_a_wrapped_model(tmp_path):
-    model, plan, _ = mlp((8, 8, 8, 8), (8, 8, 8, 8))
+    model, plan, _ = built("digits-mlp", (8, 8, 8, 8), (8, 8, 8, 8))
     wrapped = nn.Sequential(OrderedDict(net=model))
     g = export_qonnx(wrapped, (64,), tmp_path, plan=plan)
     assert list(g.layer_map) == ["fc1", "fc2", "fc3", "fc4"]
@@ -150,7 +170,7 @@ def test_layer_map_uses_plan_names_for_a_wrapped_model(tmp_path):
 
 def test_planned_bits_and_sparsity_are_visible_in_both_graphs(tmp_path):
     wbits, abits = (2, 5, 3, 8), (7, 2, 4, 6)
-    model, plan, masks = mlp(wbits, abits, sparsity=0.9)
+    model, plan, masks = built("digits-mlp", wbits, abits, sparsity=0.9)
     g = export_qonnx(model, (64,), tmp_path, plan=plan)
     proto = onnx.load(g.qonnx_path)
     nodes = {n.name: n for n in proto.graph.node}
@@ -172,32 +192,14 @@ def test_planned_bits_and_sparsity_are_visible_in_both_graphs(tmp_path):
     assert sorted(w.size - np.count_nonzero(w) for w in int_weights) == sorted(
         lp.n_weights - lp.n_nonzero for lp in plan.layers
     )
-    assert plan.layers[0].sparsity >= 0.9
+    assert all(lp.sparsity > 0.8999 for lp in plan.layers)  # 90 % of weights pruned
 
 
 def test_cnn_export_and_layer_map(tmp_path):
-    torch.manual_seed(0)
-    w = dict(weight_quant=Int8WeightPerTensorFixedPoint, bias_quant=Int16Bias)
-    model = nn.Sequential(
-        OrderedDict(
-            inp=QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True),
-            conv1=QuantConv2d(1, 8, 3, weight_bit_width=4, **w),
-            relu1=QuantReLU(
-                act_quant=Uint8ActPerTensorFixedPoint, bit_width=4, return_quant_tensor=True
-            ),
-            conv2=QuantConv2d(8, 16, 3, weight_bit_width=2, **w),
-            relu2=QuantReLU(
-                act_quant=Uint8ActPerTensorFixedPoint, bit_width=3, return_quant_tensor=True
-            ),
-            pool=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=QuantLinear(64, 10, weight_bit_width=3, **w),
-        )
-    )
-    model.eval()
-    g = export_qonnx(model, (1, 8, 8), tmp_path)
+    model, plan, _ = built("digits-cnn", (4, 2, 3), (8, 4, 3), sparsity=0.5)
+    g = export_qonnx(model, (1, 8, 8), tmp_path, plan=plan)
     assert g.layer_map == {"conv1": "Conv_0", "conv2": "Conv_1", "fc1": "Gemm_0"}
-    assert g.qcdq_path is not None
+    assert g.qcdq_path is not None and g.input_shape == (1, 8, 8)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +208,7 @@ def test_cnn_export_and_layer_map(tmp_path):
 )
 def test_more_than_8_bits_skips_the_qcdq_twin_with_a_reason(tmp_path, wbits, abits, culprit):
     (tmp_path / "model.qcdq.onnx").write_bytes(b"stale twin of an earlier export")
-    model, plan, _ = mlp(wbits, abits)
+    model, plan, _ = built("digits-mlp", wbits, abits)
     g = export_qonnx(model, (64,), tmp_path, plan=plan)
     assert g.qcdq_path is None
     assert culprit in g.qcdq_skipped_reason and "int8" in g.qcdq_skipped_reason
@@ -272,7 +274,7 @@ def test_exported_graph_validates_itself():
 
 @pytest.mark.slow
 def test_dynamo_exporter_gives_the_same_graph_semantics(tmp_path):
-    model, plan, _ = mlp((8, 3, 2, 6), (8, 4, 3, 5), sparsity=0.7)
+    model, plan, _ = built("digits-mlp", (8, 3, 2, 6), (8, 4, 3, 5), sparsity=0.7)
     ts = export_qonnx(model, (64,), tmp_path / "ts", plan=plan)
     dy = export_qonnx(model, (64,), tmp_path / "dy", dynamo=True, plan=plan)
     assert dy.exporter == "dynamo" and dy.qcdq_path is not None
