@@ -24,6 +24,8 @@ Contract:
 - :func:`emulation_check` runs the compiled emulation on a whole set and compares it with the qonnx
   executor on the original graph (NCHW inputs are transposed to NHWC for the emulation): a
   :class:`~fitc.artifacts.HopReport` (``a="qonnx"``, ``b="hls4ml"``); ``report.exact`` is the bar.
+  A project lowered in this process reuses its compiled model; one lowered earlier is run through
+  the compiled library in its ``firmware/`` (compiled with its ``build_lib.sh`` if missing).
 - hls4ml's console output is captured and logged at DEBUG level; a failed compile raises
   :class:`HLSCompileError` with the compiler's last lines.
 """
@@ -38,6 +40,7 @@ import json
 import logging
 import math
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -91,8 +94,8 @@ class HLSProject:
     ``reuse_factor``, ``strategy``, ``n_weights`` and ``n_nonzero`` (non-zero weights in the
     firmware). ``other_layers`` maps the remaining hls4ml layers (input, activations, pooling) to
     their class and result precision. ``input_shape`` is the emulation's input shape for one
-    sample (NHWC for a CNN: ``channels_last`` is then True). ``compile_time_s`` is None if the
-    project was not compiled.
+    sample (NHWC for a CNN: ``channels_last`` is then True) and ``output_size`` its number of
+    outputs. ``compile_time_s`` is None if the project was not compiled.
     """
 
     project_dir: str
@@ -100,6 +103,7 @@ class HLSProject:
     layers: dict[str, dict[str, Any]]
     other_layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    output_size: int = 0
     channels_last: bool = False
     project_name: str = PROJECT_NAME
     convert_time_s: float = 0.0
@@ -295,6 +299,7 @@ def lower(
             if lyr.name not in mapping
         },
         input_shape=in_shape,
+        output_size=int(np.prod(hls_model.get_output_variables()[0].shape)),
         channels_last=any(n.op_type == "Conv" for n in proto.graph.node),
         project_name=PROJECT_NAME,
         convert_time_s=round(convert_time, 3),
@@ -743,26 +748,79 @@ def summary_markdown(project: HLSProject, qonnx_path: str | Path | None = None) 
 # Emulation check
 
 
-def _emulation_model(obj: Any) -> Any:
+class _LinkedEmulation:
+    """The compiled emulation of a project lowered earlier (another process), called through the
+    ``<project>_double`` C function of hls4ml's generated bridge. hls4ml's own
+    ``link_existing_project`` cannot read ONNX-converted projects (their ``hls4ml_config.yml``
+    holds a ``python/object`` YAML tag that ``yaml.safe_load`` rejects)."""
+
+    def __init__(self, project: HLSProject) -> None:
+        import ctypes
+
+        from numpy import ctypeslib
+
+        root = Path(project.project_dir)
+        if not (root / _HLS_CONFIG_FILE).is_file():
+            raise ArtifactError(f"{root}: no hls4ml project (no {_HLS_CONFIG_FILE})")
+        if project.output_size <= 0:
+            raise ArtifactError(f"{root}: {PROJECT_JSON} does not record the output size")
+        libs = sorted((root / "firmware").glob(f"{project.project_name}-*.so"), key=_mtime)
+        if not libs:
+            if shutil.which("g++") is None:
+                raise ToolNotFoundError(
+                    f"g++ is not on PATH: it compiles the C++ emulation of the project in {root}"
+                )
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                ["bash", "build_lib.sh"], cwd=root, capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+                raise HLSCompileError(f"g++ could not compile the project in {root}:\n{tail}")
+            log.info("compiled %s in %.2f s", root, time.perf_counter() - t0)
+            libs = sorted((root / "firmware").glob(f"{project.project_name}-*.so"), key=_mtime)
+        self._lib = ctypes.CDLL(str(libs[-1]))
+        self._fn = getattr(self._lib, f"{project.project_name}_double")
+        arr = ctypeslib.ndpointer(ctypes.c_double, flags="C_CONTIGUOUS")
+        self._fn.argtypes = [arr, arr]
+        self._fn.restype = None
+        self.input_shape = tuple(project.input_shape)
+        self.output_size = project.output_size
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        out = np.zeros((len(x), self.output_size), dtype=np.float64)
+        for i in range(len(x)):
+            row = np.ascontiguousarray(x[i])
+            res = np.zeros(self.output_size, dtype=np.float64)
+            self._fn(row, res)
+            out[i] = res
+        return out
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def _emulator(obj: Any) -> tuple[tuple[int, ...], Any]:
+    """(input shape of one sample, predict function) of a project or an hls4ml model."""
     if isinstance(obj, HLSProject):
         key = str(Path(obj.project_dir).resolve())
         model = _COMPILED.get(key)
         if model is None:
-            import hls4ml
-
-            if not (Path(obj.project_dir) / _HLS_CONFIG_FILE).is_file():
-                raise ArtifactError(f"{obj.project_dir}: no hls4ml project (no {_HLS_CONFIG_FILE})")
-            model = hls4ml.converters.link_existing_project(obj.project_dir)
-            _compile(model)
+            model = _LinkedEmulation(obj)
             _COMPILED[key] = model
-        return model
-    if not hasattr(obj, "predict"):
+        if isinstance(model, _LinkedEmulation):
+            return model.input_shape, model.predict
+        obj = model
+    if not hasattr(obj, "predict") or not hasattr(obj, "get_input_variables"):
         raise TypeError(
             f"emulation_check needs an HLSProject or an hls4ml model, got {type(obj).__name__}"
         )
-    if getattr(obj, "_top_function_lib", None) is None:
+    if getattr(obj, "_top_function_lib", None) is None:  # not compiled yet
         _compile(obj)
-    return obj
+    shape = tuple(int(d) for d in obj.get_input_variables()[0].shape)
+    return shape, obj.predict
 
 
 def emulation_check(
@@ -777,7 +835,7 @@ def emulation_check(
     from fitc.export import load_onnx, run_qonnx
     from fitc.export.verify import compare
 
-    model = _emulation_model(hls_model_or_project)
+    in_shape, predict = _emulator(hls_model_or_project)
     proto = load_onnx(qonnx_path)
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
@@ -790,7 +848,6 @@ def emulation_check(
     t_ref = time.perf_counter() - t0
 
     emu_in = X
-    in_shape = tuple(int(d) for d in model.get_input_variables()[0].shape)
     if X.ndim == 4 and tuple(X.shape[1:]) != in_shape and (*X.shape[2:], X.shape[1]) == in_shape:
         emu_in = X.transpose(0, 2, 3, 1)
     if math.prod(emu_in.shape[1:]) != math.prod(in_shape):
@@ -802,7 +859,7 @@ def emulation_check(
     emu_in = np.ascontiguousarray(emu_in.reshape(len(X), -1), dtype=np.float64)
     t0 = time.perf_counter()
     with _captured_output("predict"):
-        out = np.asarray(model.predict(emu_in), dtype=np.float64).reshape(len(X), -1)
+        out = np.asarray(predict(emu_in), dtype=np.float64).reshape(len(X), -1)
     t_emu = time.perf_counter() - t0
     report = compare("qonnx", ref, "hls4ml", out, y)
     log.info(

@@ -168,6 +168,15 @@ def test_mlp_io_parallel_is_bit_exact(mlp, mlp_project):
 
 
 @pytest.mark.compile
+def test_emulation_check_runs_a_project_lowered_in_another_process(mlp, mlp_project):
+    from fitc.backends import hls
+
+    hls._COMPILED.pop(str(Path(mlp_project.project_dir).resolve()), None)  # as in a new process
+    project = load_project(mlp_project.project_dir)
+    _assert_exact(emulation_check(project, mlp.qonnx_path, mlp.X, mlp.y), mlp)
+
+
+@pytest.mark.compile
 def test_emulation_check_sees_a_one_lsb_difference(mlp, mlp_project, tmp_path):
     """The check is not vacuous: shift fc3's bias by one quantization step in a copy of the graph."""
     from fitc.export.qonnx_export import const_source, quant_params
