@@ -19,7 +19,8 @@ Contract of :func:`export_qonnx`:
 The layer map (torch module name → node name of its MatMul/Gemm/Conv) is derived by *value*: each
 compute node's weight input is traced back (through ``Quant``/``Transpose``/``Identity`` nodes)
 to its initializer, and that array is compared for exact equality with every layer's weight (also
-transposed, and also the quantized weight). Values survive every renaming and layout rewrite the
+transposed, and also the quantized weight; as a fallback, as a multiset of values, which survives
+the row permutation of a channels-last conversion). Values survive every renaming and layout rewrite the
 exporters and qonnx apply, where node and tensor names do not (the dynamo exporter names nodes
 ``node_linear``, cleanup renames them ``Gemm_0``). Layers with identical weights are assigned in
 module order. :func:`match_layers` is public so later stages (hls4ml lowering, after their own
@@ -412,26 +413,39 @@ def match_layers(
     """Map layer names to compute-node names by exact weight values (see module docstring).
 
     ``model`` is an ``onnx.ModelProto`` or a qonnx ``ModelWrapper``; ``weights`` comes from
-    :func:`layer_weights`. Layers that match no node are absent from the result.
+    :func:`layer_weights`. A first pass matches arrays equal up to a transpose; a second pass
+    matches the remaining nodes by the sorted multiset of values, which survives the row
+    permutation qonnx's ``ConvertToChannelsLastAndClean`` applies to the Dense weight after a
+    Flatten. Layers that match no node are absent from the result.
     """
     proto = getattr(model, "model", model)
-    result: dict[str, str] = {}
-    taken: set[str] = set()
+    sources = []
     for node in proto.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        src = weight_source(proto, node)
-        if src is None:
-            continue
-        hits = [
-            name
-            for name, arrays in weights.items()
-            if name not in taken and any(_same(src.array, w) for w in arrays)
-        ]
-        if hits:
-            result[hits[0]] = node.name
-            taken.add(hits[0])
+        if node.op_type in COMPUTE_OPS:
+            src = weight_source(proto, node)
+            if src is not None:
+                sources.append((node.name, src.array))
+    result: dict[str, str] = {}
+
+    def assign(same) -> None:
+        for node_name, array in sources:
+            if node_name in result.values():
+                continue
+            hits = [
+                name
+                for name, arrays in weights.items()
+                if name not in result and any(same(array, w) for w in arrays)
+            ]
+            if hits:
+                result[hits[0]] = node_name
+
+    assign(_same)
+    assign(_same_values)
     return result
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.size == b.size and np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
 
 
 # --------------------------------------------------------------------------------------------

@@ -200,6 +200,20 @@ def test_cnn_export_and_layer_map(tmp_path):
     g = export_qonnx(model, (1, 8, 8), tmp_path, plan=plan)
     assert g.layer_map == {"conv1": "Conv_0", "conv2": "Conv_1", "fc1": "Gemm_0"}
     assert g.qcdq_path is not None and g.input_shape == (1, 8, 8)
+    # the map can be rebuilt on the graph hls4ml takes (channels-last, Gemm → MatMul), where the
+    # Dense weight's rows are permuted to the channels-last flatten order
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    mw = cleanup_model(ModelWrapper(g.qonnx_path)).transform(ConvertToChannelsLastAndClean())
+    mw = cleanup_model(mw.transform(GemmToMatMul()))
+    assert match_layers(mw, layer_weights(model, plan)) == {
+        "conv1": "Conv_0",
+        "conv2": "Conv_1",
+        "fc1": "MatMul_0",
+    }
 
 
 @pytest.mark.parametrize(
