@@ -855,12 +855,47 @@ def _find(root: Path, pattern: str) -> Path | None:
     return hits[0] if hits else None
 
 
+def _project_top(root: Path) -> str | None:
+    """The top function of an hls4ml project (``set project_name "..."`` in project.tcl)."""
+    tcl = root / "project.tcl"
+    if root.is_dir() and tcl.is_file():
+        m = re.search(r'set\s+project_name\s+"([^"]+)"', tcl.read_text(errors="replace"))
+        if m:
+            return m.group(1)
+    return None
+
+
+def _find_csynth_xml(root: Path, top: str | None) -> Path | None:
+    """The top-level csynth XML: ``<top>_csynth.xml`` when the top is known, otherwise the largest
+    design among the ``*_csynth.xml`` files (HLS also writes one per sub-module)."""
+    if root.is_file():
+        return root if root.name.endswith("_csynth.xml") else None
+    cands = sorted(root.rglob("*_csynth.xml"), key=lambda p: (len(p.parts), str(p)))
+    top = top or _project_top(root)
+    if top:
+        named = [p for p in cands if p.name in (f"{top}_csynth.xml", f"{top}_axi_csynth.xml")]
+        if named:
+            return named[0]
+    if len(cands) <= 1:
+        return cands[0] if cands else None
+
+    def size(p: Path) -> float:
+        try:
+            r = parse_csynth_xml(p)
+        except VendorReportError:
+            return -1.0
+        return r.get("LUT", 0.0) + r.get("FF", 0.0)
+
+    return max(cands, key=size)
+
+
 def read_vendor_report(
     report_dir: str | Path,
     hw: HardwareConfig | None = None,
     *,
     layer_index: Mapping[str, int | Sequence[int]] | None = None,
     prefer: str = "vivado_synth",
+    top: str | None = None,
 ) -> ResourceReport:
     """Read the vendor reports under ``report_dir`` (an hls4ml project or a folder of files) into a
     :class:`ResourceReport`.
@@ -871,14 +906,15 @@ def read_vendor_report(
     hold (backend, io type, strategy, reuse factor); part and clock are taken from the report.
     ``layer_index`` (torch name → hls4ml layer index, or several: the layer and its activation)
     turns the csynth instance rows whose module name contains ``config<index>`` into per-layer
-    entries (HLS estimates, summed over the indices; latency is the largest).
+    entries (HLS estimates, summed over the indices; latency is the largest). ``top`` names the
+    top function (default: from ``project.tcl``, else the largest ``*_csynth.xml``).
     """
     root = Path(report_dir)
     if not root.exists():
         raise VendorReportError(f"report path {root} does not exist")
     if prefer not in ("vivado_synth", "csynth"):
         raise ConfigError(f"prefer must be 'vivado_synth' or 'csynth', got {prefer!r}")
-    xml = _find(root, "*_csynth.xml")
+    xml = _find_csynth_xml(root, top)
     if xml is None:
         raise VendorReportError(
             f"no *_csynth.xml under {root} (run C synthesis: hls_model.build(csynth=True))"

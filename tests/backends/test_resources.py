@@ -369,6 +369,9 @@ def test_vendor_report_matches_hls4ml_parser_on_a_project_layout(tmp_path, capsy
     shutil.copy(FIXTURE / "myproject_csynth.xml", rep)
     shutil.copy(FIXTURE / "myproject_csynth.rpt", rep)
     shutil.copy(FIXTURE / "vivado_synth.rpt", prj)
+    # HLS also writes one report per sub-module next to the top's: never pick those
+    sub = (FIXTURE / "myproject_csynth.xml").read_text().replace("<LUT>2532</LUT>", "<LUT>99</LUT>")
+    (rep / "a_dense_csynth.xml").write_text(sub)
     theirs = parse_vivado_report(str(prj))
     ours = read_vendor_report(prj)
     syn, cs = theirs["VivadoSynthReport"], theirs["CSynthesisReport"]
@@ -379,7 +382,10 @@ def test_vendor_report_matches_hls4ml_parser_on_a_project_layout(tmp_path, capsy
     )
     assert ours.latency_cycles == float(cs["WorstLatency"])
     assert ours.initiation_interval_cycles == float(cs["IntervalMax"])
-    assert read_vendor_report(prj, prefer="csynth").lut == float(cs["LUT"])
+    assert read_vendor_report(prj, prefer="csynth").lut == float(cs["LUT"]) == 2532
+    (prj / "project.tcl").unlink()  # without the project file: the largest design is the top
+    assert read_vendor_report(prj, prefer="csynth").lut == 2532
+    assert read_vendor_report(prj, prefer="csynth", top="a_dense").lut == 99
 
 
 def test_vendor_report_errors(tmp_path):
