@@ -65,8 +65,16 @@ PARETO_CSV = "pareto.csv"
 FRONTS = ("lut", "dsp", "bops", "size")
 #: Metric columns of results.csv, in order (a point function may return more; they follow).
 METRIC_COLUMNS = (
-    "accuracy", "float_accuracy", "size", "bops", "lut", "ff", "dsp", "bram_18k",
-    "latency_cycles", "latency_ns",
+    "accuracy",
+    "float_accuracy",
+    "size",
+    "bops",
+    "lut",
+    "ff",
+    "dsp",
+    "bram_18k",
+    "latency_cycles",
+    "latency_ns",
 )
 PARAM_COLUMNS = ("model", "budget", "strategy", "reuse_factor")
 
@@ -106,7 +114,9 @@ class BudgetChoice:
         if (self.device is None) != (self.fraction is None):
             raise ConfigError("a device budget needs a fraction, e.g. device=xc7z020:0.25")
         if self.fraction is not None and not (0 < self.fraction <= 1):
-            raise ConfigError(f"device={self.device}: fraction must be in (0, 1], got {self.fraction}")
+            raise ConfigError(
+                f"device={self.device}: fraction must be in (0, 1], got {self.fraction}"
+            )
         if not self.budget and self.device is None:
             raise ConfigError("empty budget alternative")
         # Normalise so that size=0.0625 and size=1/16 are the same point.
@@ -345,7 +355,7 @@ def _journal_path(url: str) -> Path | None:
     """The file of a journal storage URL (``journal:///abs/path``, ``journal:rel``, or a plain path),
     or None for an RDB URL."""
     if url.startswith("journal:"):
-        rest = url[len("journal:"):]
+        rest = url[len("journal:") :]
         return Path(rest[2:] if rest.startswith("//") else rest)
     if "://" not in url:
         return Path(url)
@@ -438,8 +448,11 @@ def open_storage(
             Path(db).parent.mkdir(parents=True, exist_ok=True)
     try:
         return RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=callback, **kwargs,
+            url,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=callback,
+            **kwargs,
         )
     except Exception as e:
         raise SweepError(f"cannot open storage {redact(url)}: {e.__class__.__name__}: {e}") from e
@@ -469,7 +482,9 @@ def requeue(study, trial, max_retry: int | None = None) -> bool:
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
-            user_attrs={k: trial.user_attrs[k] for k in (_KEY, _PARAMS, _CONFIG) if k in trial.user_attrs},
+            user_attrs={
+                k: trial.user_attrs[k] for k in (_KEY, _PARAMS, _CONFIG) if k in trial.user_attrs
+            },
             system_attrs={"fixed_params": {"point": key}, _RETRIES: history},
         )
     )
@@ -557,7 +572,10 @@ def create_sweep(
     with _quiet_optuna():
         st = open_storage(storage_url)
         study = optuna.create_study(
-            storage=st, study_name=study_name, direction="maximize", load_if_exists=True,
+            storage=st,
+            study_name=study_name,
+            direction="maximize",
+            load_if_exists=True,
             sampler=optuna.samplers.RandomSampler(seed=0),
         )
         attrs = study.user_attrs
@@ -582,18 +600,29 @@ def create_sweep(
                 continue  # the point itself raised: a rerun would raise again
             study.enqueue_trial(
                 {"point": p.key},
-                user_attrs={_KEY: p.key, _PARAMS: _jsonable(dict(p.params)),
-                            _CONFIG: _jsonable(dict(p.config))},
+                user_attrs={
+                    _KEY: p.key,
+                    _PARAMS: _jsonable(dict(p.params)),
+                    _CONFIG: _jsonable(dict(p.config)),
+                },
             )
             enqueued += 1
-    log.info("sweep %s: %d points, %d enqueued, storage %s", study_name, len(points), enqueued,
-             redact(storage_url))
-    write_json(sweep_dir / SWEEP_JSON, {
-        "storage_url": redact(storage_url),
-        "study_name": study_name,
-        "spec": spec.to_dict(),
-        "points": [p.key for p in points],
-    })
+    log.info(
+        "sweep %s: %d points, %d enqueued, storage %s",
+        study_name,
+        len(points),
+        enqueued,
+        redact(storage_url),
+    )
+    write_json(
+        sweep_dir / SWEEP_JSON,
+        {
+            "storage_url": redact(storage_url),
+            "study_name": study_name,
+            "spec": spec.to_dict(),
+            "points": [p.key for p in points],
+        },
+    )
     return storage_url, study_name
 
 
@@ -740,15 +769,22 @@ def run_worker(
         interval = int(attrs.get("fitc_heartbeat_interval_s", 30))
         grace = int(attrs.get("fitc_grace_period_s", 4 * interval))
         storage = open_storage(
-            storage_url, heartbeat_interval=interval, grace_period=grace,
+            storage_url,
+            heartbeat_interval=interval,
+            grace_period=grace,
             max_retry=attrs.get("fitc_max_retry", 3),
         )
         study = _load_study(storage, study_name)
         study_id = storage.get_study_id_from_name(study_name)
         sweep_dir = Path(sweep_dir or attrs.get("fitc_sweep_dir") or ".")
         done, total, _ = _progress_counts(study)
-        bar = tqdm(total=total, initial=done, desc=f"sweep {study_name}", unit="point",
-                   disable=not progress)
+        bar = tqdm(
+            total=total,
+            initial=done,
+            desc=f"sweep {study_name}",
+            unit="point",
+            disable=not progress,
+        )
         ran = 0
         try:
             while max_points is None or ran < max_points:
@@ -771,14 +807,16 @@ def run_worker(
                     continue
                 dup = _duplicate_of(study, trial)
                 if dup is not None:
-                    log.warning("point %s: trial %d duplicates trial %d; skipped", key,
-                                trial.number, dup)
+                    log.warning(
+                        "point %s: trial %d duplicates trial %d; skipped", key, trial.number, dup
+                    )
                     storage.set_trial_user_attr(trial_id, "fitc_duplicate_of", dup)
                     study.tell(trial.number, state=TrialState.PRUNED)
                     stats.duplicates += 1
                     continue
-                point = SweepPoint(key, trial.user_attrs.get(_PARAMS, {}),
-                                   trial.user_attrs.get(_CONFIG, {}))
+                point = SweepPoint(
+                    key, trial.user_attrs.get(_PARAMS, {}), trial.user_attrs.get(_CONFIG, {})
+                )
                 bar.set_postfix_str(key)
                 ran += 1
                 metrics, error = _run_one(fn, point, sweep_dir, storage, study, trial_id, interval)
@@ -1048,13 +1086,24 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
             for k, v in r.items():
                 if v == "":
                     out[k] = None
-                elif k in ("key", "status", "budget", "model", "strategy", "error", "run_dir",
-                           "front"):
+                elif k in (
+                    "key",
+                    "status",
+                    "budget",
+                    "model",
+                    "strategy",
+                    "error",
+                    "run_dir",
+                    "front",
+                ):
                     out[k] = v
                 else:
                     n = _num(v)
-                    out[k] = (int(n) if n is not None and n.is_integer() and "." not in v
-                              else n) if n is not None else v
+                    out[k] = (
+                        (int(n) if n is not None and n.is_integer() and "." not in v else n)
+                        if n is not None
+                        else v
+                    )
             rows.append(out)
     return rows
 
@@ -1071,7 +1120,9 @@ def collect_results(
     order = {}
     if (sweep_dir / SWEEP_JSON).is_file():
         order = {k: i for i, k in enumerate(read_json(sweep_dir / SWEEP_JSON).get("points", []))}
-    keys = sorted(by_key, key=lambda k: (order.get(k, len(order)), min(t.number for t in by_key[k])))
+    keys = sorted(
+        by_key, key=lambda k: (order.get(k, len(order)), min(t.number for t in by_key[k]))
+    )
     rows = [_row(k, by_key[k]) for k in keys]
     first = ("key", "status", *PARAM_COLUMNS, *METRIC_COLUMNS, "error", "run_dir")
     results_csv = sweep_dir / RESULTS_CSV
@@ -1116,8 +1167,13 @@ def run_sweep(
         raise ConfigError(f"--workers must be ≥ 1, got {workers}")
     sweep_dir = Path(sweep_dir).resolve()
     url, name = create_sweep(
-        spec, sweep_dir, storage, study_name, heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period, retry_failed=retry_failed,
+        spec,
+        sweep_dir,
+        storage,
+        study_name,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        retry_failed=retry_failed,
     )
     if workers == 1:
         run_worker(url, name, point_fn=point_fn, sweep_dir=sweep_dir, progress=progress)
@@ -1133,14 +1189,18 @@ def run_sweep(
     return result
 
 
-def _run_processes(url: str, name: str, point_fn: str, sweep_dir: Path, workers: int,
-                   progress: bool) -> None:
+def _run_processes(
+    url: str, name: str, point_fn: str, sweep_dir: Path, workers: int, progress: bool
+) -> None:
     from tqdm import tqdm
 
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_process, args=(url, name, point_fn, str(sweep_dir)),
-                    name=f"fitc-sweep-worker-{i}")
+        ctx.Process(
+            target=_worker_process,
+            args=(url, name, point_fn, str(sweep_dir)),
+            name=f"fitc-sweep-worker-{i}",
+        )
         for i in range(workers)
     ]
     for p in procs:
@@ -1180,41 +1240,98 @@ def _run_processes(url: str, name: str, point_fn: str, sweep_dir: Path, workers:
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fitc sweep [worker|collect]`` (add ``--config/--out/--seed/--no-progress``
     and any RunConfig flag groups separately: their values become the sweep's base config)."""
-    p.add_argument("action", nargs="?", choices=("worker", "collect"),
-                   help="omit to create/resume a sweep and run it here; `worker` joins a sweep "
-                   "(needs --storage and --study); `collect` rewrites results.csv and pareto.csv")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("worker", "collect"),
+        help="omit to create/resume a sweep and run it here; `worker` joins a sweep "
+        "(needs --storage and --study); `collect` rewrites results.csv and pareto.csv",
+    )
     g = p.add_argument_group("sweep grid (each flag repeatable, values comma separated)")
-    g.add_argument("--model", action="append", metavar="NAMES",
-                   help="models, e.g. digits-mlp,digits-cnn")
-    g.add_argument("--budget", action="append", metavar="ALTERNATIVES",
-                   help="budget alternatives: size=1/16,1/32 | bops=0.02 | lut=20000+dsp=0 | "
-                   "device=xc7z020:0.1,0.25,0.5; every flag's alternatives join one axis")
-    g.add_argument("--strategy", action="append", metavar="NAMES",
-                   help="hls4ml strategies: latency, resource, distributed_arithmetic (da)")
-    g.add_argument("--reuse-factor", action="append", metavar="INTS", help="reuse factors, e.g. 1,2,4")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_",
-                   help="base config value for every point, e.g. --set finetune_epochs=5")
+    g.add_argument(
+        "--model", action="append", metavar="NAMES", help="models, e.g. digits-mlp,digits-cnn"
+    )
+    g.add_argument(
+        "--budget",
+        action="append",
+        metavar="ALTERNATIVES",
+        help="budget alternatives: size=1/16,1/32 | bops=0.02 | lut=20000+dsp=0 | "
+        "device=xc7z020:0.1,0.25,0.5; every flag's alternatives join one axis",
+    )
+    g.add_argument(
+        "--strategy",
+        action="append",
+        metavar="NAMES",
+        help="hls4ml strategies: latency, resource, distributed_arithmetic (da)",
+    )
+    g.add_argument(
+        "--reuse-factor", action="append", metavar="INTS", help="reuse factors, e.g. 1,2,4"
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="set_",
+        help="base config value for every point, e.g. --set finetune_epochs=5",
+    )
     g = p.add_argument_group("ledger and workers")
     g.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    g.add_argument("--storage", metavar="URL",
-                   help="Optuna storage shared by the workers: sqlite:///FILE, "
-                   "postgresql://USER@HOST/DB, or a journal file path "
-                   "(default: <out>/ledger.journal)")
-    g.add_argument("--study", metavar="NAME", help="sweep name in the storage (default fitc-<out dir>)")
-    g.add_argument("--retry-failed", action="store_true",
-                   help="on resume, run again the points that raised an error")
-    g.add_argument("--heartbeat-interval", type=int, default=30, metavar="S",
-                   help="seconds between a worker's heartbeats (default 30)")
-    g.add_argument("--grace-period", type=int, default=120, metavar="S",
-                   help="a running point without heartbeat for this long is retried (default 120)")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage shared by the workers: sqlite:///FILE, "
+        "postgresql://USER@HOST/DB, or a journal file path "
+        "(default: <out>/ledger.journal)",
+    )
+    g.add_argument(
+        "--study", metavar="NAME", help="sweep name in the storage (default fitc-<out dir>)"
+    )
+    g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, run again the points that raised an error",
+    )
+    g.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=30,
+        metavar="S",
+        help="seconds between a worker's heartbeats (default 30)",
+    )
+    g.add_argument(
+        "--grace-period",
+        type=int,
+        default=120,
+        metavar="S",
+        help="a running point without heartbeat for this long is retried (default 120)",
+    )
     g.add_argument("--max-points", type=int, metavar="N", help="worker: stop after N points")
     g.add_argument("--point-fn", default="fitc.sweep:run_point", help=argparse.SUPPRESS)
 
 
 _ARG_NOT_BASE = {
-    "command", "action", "config", "debug", "quiet", "func", "model", "budget", "strategy",
-    "reuse_factor", "set_", "workers", "storage", "study", "retry_failed", "heartbeat_interval",
-    "grace_period", "max_points", "point_fn", "out", "progress", "dir",
+    "command",
+    "action",
+    "config",
+    "debug",
+    "quiet",
+    "func",
+    "model",
+    "budget",
+    "strategy",
+    "reuse_factor",
+    "set_",
+    "workers",
+    "storage",
+    "study",
+    "retry_failed",
+    "heartbeat_interval",
+    "grace_period",
+    "max_points",
+    "point_fn",
+    "out",
+    "progress",
+    "dir",
 }
 
 
@@ -1244,9 +1361,11 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         base[k.strip().replace("-", "_")] = yaml.safe_load(v)
     models = getattr(args, "model", None) or ([base.pop("model")] if "model" in base else None)
     strategies = getattr(args, "strategy", None) or (
-        [base.pop("strategy")] if "strategy" in base else None)
+        [base.pop("strategy")] if "strategy" in base else None
+    )
     rfs = getattr(args, "reuse_factor", None) or (
-        [base.pop("reuse_factor")] if "reuse_factor" in base else None)
+        [base.pop("reuse_factor")] if "reuse_factor" in base else None
+    )
     budgets = getattr(args, "budget", None)
     if budgets is None and "budget" in base:
         b = base.pop("budget")
@@ -1268,18 +1387,32 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
             rec = read_json(Path(out) / SWEEP_JSON)
             storage, study = storage or rec["storage_url"], study or rec["study_name"]
         if not storage or not study:
-            raise ConfigError(f"fitc sweep {args.action} needs --storage URL and --study NAME "
-                              "(or --out of a sweep directory)")
+            raise ConfigError(
+                f"fitc sweep {args.action} needs --storage URL and --study NAME "
+                "(or --out of a sweep directory)"
+            )
         if args.action == "worker":
-            run_worker(storage, study, point_fn=args.point_fn, sweep_dir=out,
-                       max_points=args.max_points, progress=progress)
+            run_worker(
+                storage,
+                study,
+                point_fn=args.point_fn,
+                sweep_dir=out,
+                max_points=args.max_points,
+                progress=progress,
+            )
         return collect_results(storage, study, out)
     if not out:
         raise ConfigError("fitc sweep needs --out DIR (the sweep directory)")
     return run_sweep(
-        spec_from_args(args), out, workers=args.workers, storage=args.storage,
-        study_name=args.study, point_fn=args.point_fn, progress=progress,
-        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+        spec_from_args(args),
+        out,
+        workers=args.workers,
+        storage=args.storage,
+        study_name=args.study,
+        point_fn=args.point_fn,
+        progress=progress,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
         retry_failed=args.retry_failed,
     )
 
@@ -1287,8 +1420,10 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
 def format_summary(result: SweepResult) -> str:
     """A few lines for the terminal: counts, the accuracy-vs-LUT front (or the first front there
     is), and where the files are."""
-    lines = [f"sweep {result.study_name}: " + ", ".join(
-        f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))]
+    lines = [
+        f"sweep {result.study_name}: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
+    ]
     for r in result.rows:
         if r["status"] == "FAIL":
             lines.append(f"  failed {r['key']}: {r['error']}")

@@ -1,0 +1,419 @@
+"""Sweeps: the grid, the Optuna ledger (no point lost or run twice, failures recorded, killed
+workers retried, resume), results and Pareto fronts. Point functions are cheap fakes that leave a
+marker file per execution, so executions can be counted across processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitc.errors import ConfigError
+from fitc.sweep import (
+    BudgetChoice,
+    SweepError,
+    SweepSpec,
+    add_sweep_arguments,
+    collect_results,
+    create_sweep,
+    expand_points,
+    format_summary,
+    pareto_front,
+    parse_budget_axis,
+    read_csv,
+    run_sweep,
+    run_worker,
+    spec_from_args,
+)
+
+FAKE = '''
+"""Fake point functions for the sweep tests (importable by spawned workers)."""
+import os, time, uuid
+from pathlib import Path
+
+
+def _mark(point, sweep_dir):
+    d = Path(sweep_dir) / "markers"
+    d.mkdir(parents=True, exist_ok=True)
+    before = len(list(d.glob(point.key + ".*")))
+    (d / f"{point.key}.{os.getpid()}.{uuid.uuid4().hex[:8]}").touch()
+    return d, before
+
+
+def _metrics(point, sweep_dir):
+    n = sum(map(ord, point.key))
+    return {"accuracy": 0.5 + (n % 37) / 100, "lut": 1000 + n % 101, "dsp": n % 7,
+            "bops": (n % 13) / 100, "size": (n % 11) / 100, "run_dir": str(sweep_dir)}
+
+
+def quick(point, sweep_dir):
+    _mark(point, sweep_dir)
+    return _metrics(point, sweep_dir)
+
+
+def together(point, sweep_dir):
+    """Wait (up to 30 s) until two processes have started points: proves both took part."""
+    d, _ = _mark(point, sweep_dir)
+    t0 = time.time()
+    while len({p.name.split(".")[-2] for p in d.iterdir()}) < 2 and time.time() - t0 < 30:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return _metrics(point, sweep_dir)
+
+
+def flaky(point, sweep_dir):
+    _mark(point, sweep_dir)
+    if "1-32" in point.key:
+        raise RuntimeError(f"no plan for {point.key}")
+    return _metrics(point, sweep_dir)
+
+
+def hangs_once(point, sweep_dir):
+    """The size=1/32 Latency point hangs on its first execution (the test kills the worker)."""
+    _, before = _mark(point, sweep_dir)
+    if "1-32__Latency" in point.key and before == 0:
+        time.sleep(120)
+    return _metrics(point, sweep_dir)
+
+
+def interrupted_once(point, sweep_dir):
+    _, before = _mark(point, sweep_dir)
+    if "1-32__Latency" in point.key and before == 0:
+        raise KeyboardInterrupt
+    return _metrics(point, sweep_dir)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """Write the fake point module and make it importable here and in child processes."""
+    mod_dir = tmp_path / "fakemod"
+    mod_dir.mkdir()
+    (mod_dir / "fitc_fake_points.py").write_text(FAKE)
+    monkeypatch.syspath_prepend(str(mod_dir))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(mod_dir), os.environ.get("PYTHONPATH", "")])
+    )
+    return "fitc_fake_points"
+
+
+def markers(sweep_dir: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in (sweep_dir / "markers").iterdir():
+        key = p.name.rsplit(".", 2)[0]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def pids(sweep_dir: Path) -> set[str]:
+    return {p.name.rsplit(".", 2)[1] for p in (sweep_dir / "markers").iterdir()}
+
+
+SPEC = SweepSpec.from_grid(
+    models="digits-mlp", budgets=["size=1/8,1/16,1/32"], strategies="latency,da"
+)  # 6 points
+FAST = {"heartbeat_interval": 1, "grace_period": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid
+
+
+def test_budget_axis_syntax():
+    assert parse_budget_axis("size=1/16,1/32") == [
+        BudgetChoice(("size=1/16",)),
+        BudgetChoice(("size=1/32",)),
+    ]
+    assert parse_budget_axis("device=xc7z020:0.1,0.25") == [
+        BudgetChoice(device="xc7z020", fraction=0.1),
+        BudgetChoice(device="xc7z020", fraction=0.25),
+    ]
+    assert parse_budget_axis("lut=20000+dsp=0") == [BudgetChoice(("lut=20000", "dsp=0"))]
+    assert parse_budget_axis("size=0.0625,lut=2e4") == [
+        BudgetChoice(("size=1/16",)),
+        BudgetChoice(("lut=20000",)),
+    ]
+    for bad in (
+        "1/16",
+        "device=xc7z020",
+        "device=xc7z020:1.5",
+        "size=2",
+        "foo=1",
+        "lut=20000+dsp=0,3",
+    ):
+        with pytest.raises(ConfigError):
+            parse_budget_axis(bad)
+
+
+def test_expand_points_is_the_union_of_budget_flags_times_the_other_axes():
+    spec = SweepSpec.from_grid(
+        models="digits-mlp",
+        budgets=["device=xc7z020:0.1,0.25,0.5", "size=1/16,1/32"],
+        strategies=["Latency,DISTRIBUTED_ARITHMETIC"],
+        reuse_factors="1",
+        base={"finetune_epochs": 2, "out": "ignored"},
+    )
+    points = expand_points(spec)
+    assert len(points) == 10
+    assert len({p.key for p in points}) == 10
+    assert points[0].key == "digits-mlp__device=xc7z020@0.1__Latency__rf1"
+    assert points[-1].key == "digits-mlp__size=1-32__distributed_arithmetic__rf1"
+    p = points[0]
+    assert p.config["device"] == "xc7z020" and p.config["fraction"] == 0.1
+    assert p.config["finetune_epochs"] == 2 and "out" not in p.config
+    assert p.run_config().strategy == "Latency"
+    assert {q.params["strategy"] for q in points} == {"Latency", "distributed_arithmetic"}
+    # stable: same grid, same keys; duplicate alternatives collapse
+    assert [q.key for q in expand_points(spec)] == [q.key for q in points]
+    again = SweepSpec.from_grid(budgets=["size=1/16,0.0625"])
+    assert len(expand_points(again)) == 1
+    assert SweepSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_empty_axes_take_the_base_config():
+    points = expand_points(SweepSpec(base={"budget": ["bops=1/50"], "strategy": "Resource"}))
+    assert [p.key for p in points] == ["digits-mlp__bops=1-50__Resource__rf1"]
+
+
+def test_bad_grid_values_fail_early():
+    with pytest.raises(ConfigError, match="strategy"):
+        SweepSpec.from_grid(strategies="fastest")
+    with pytest.raises(ConfigError):
+        SweepSpec.from_grid(reuse_factors="0")
+    with pytest.raises(ConfigError, match="finetune_epoch"):
+        expand_points(SweepSpec(base={"finetune_epoch": 3}))
+
+
+def test_spec_from_cli_arguments(tmp_path):
+    p = argparse.ArgumentParser()
+    add_sweep_arguments(p)
+    p.add_argument("--out")
+    p.add_argument("--config")
+    p.add_argument("--finetune-epochs", type=int)
+    (tmp_path / "c.yaml").write_text("train_epochs: 3\nseed: 1\n")
+    args = p.parse_args(
+        [
+            "--budget",
+            "device=xc7z020:0.1,0.25,0.5",
+            "--budget",
+            "size=1/16,1/32",
+            "--strategy",
+            "latency,distributed_arithmetic",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--finetune-epochs",
+            "4",
+            "--set",
+            "seed=2",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    spec = spec_from_args(args)
+    assert len(expand_points(spec)) == 10
+    assert spec.base == {"train_epochs": 3, "seed": 2, "finetune_epochs": 4}
+    assert p.parse_args(["worker", "--storage", "x.journal", "--study", "s"]).action == "worker"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger
+
+
+def test_two_processes_share_one_storage_without_duplicates(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    result = run_sweep(SPEC, sweep, workers=2, point_fn=f"{fake}:together", progress=False, **FAST)
+    assert markers(sweep) == {r["key"]: 1 for r in result.rows}
+    assert len(pids(sweep)) == 2  # both worker processes ran points
+    assert [r["status"] for r in result.rows] == ["COMPLETE"] * 6
+    assert len(read_csv(sweep / "results.csv")) == 6
+    study = optuna.load_study(study_name=result.study_name, storage=_journal(sweep))
+    assert len(study.trials) == 6  # no empty trials from racing pops
+
+
+def _journal(sweep: Path):
+    from fitc.sweep import open_storage
+
+    return open_storage(f"journal://{sweep / 'ledger.journal'}")
+
+
+def test_a_point_that_raises_is_recorded_failed_and_the_others_finish(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    result = run_sweep(SPEC, sweep, point_fn=f"{fake}:flaky", progress=False, **FAST)
+    failed = [r for r in result.rows if r["status"] == "FAIL"]
+    assert [r["key"] for r in failed] == [
+        "digits-mlp__size=1-32__Latency__rf1",
+        "digits-mlp__size=1-32__distributed_arithmetic__rf1",
+    ]
+    assert all("RuntimeError: no plan for" in r["error"] for r in failed)
+    assert result.counts == {"COMPLETE": 4, "FAIL": 2}
+    assert "failed digits-mlp__size=1-32__Latency__rf1" in format_summary(result)
+    # re-running does not retry a point that raised …
+    run_sweep(SPEC, sweep, point_fn=f"{fake}:flaky", progress=False, **FAST)
+    assert set(markers(sweep).values()) == {1}
+    # … unless asked to
+    result = run_sweep(
+        SPEC, sweep, point_fn=f"{fake}:quick", progress=False, retry_failed=True, **FAST
+    )
+    assert result.counts == {"COMPLETE": 6}
+    assert markers(sweep)["digits-mlp__size=1-32__Latency__rf1"] == 2
+    assert markers(sweep)["digits-mlp__size=1-16__Latency__rf1"] == 1
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_killed_worker_point_is_retried_and_rerun_completes_only_missing_points(
+    tmp_path, fake, storage
+):
+    sweep = tmp_path / "sweep"
+    url = None if storage == "journal" else f"sqlite:///{tmp_path / 'ledger.db'}"
+    url, name = create_sweep(SPEC, sweep, url, **FAST)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fitc.sweep",
+            "worker",
+            "--storage",
+            url,
+            "--study",
+            name,
+            "--point-fn",
+            f"{fake}:hangs_once",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    hang = "digits-mlp__size=1-32__Latency__rf1"
+    t0 = time.time()
+    while not (sweep / "markers").is_dir() or hang not in markers(sweep):
+        assert worker.poll() is None, worker.stderr.read().decode()
+        assert time.time() - t0 < 60
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    worker.stderr.close()
+    before = markers(sweep)
+    assert before == {k: 1 for k in list(before)} and len(before) == 5  # 4 done + the hung one
+    status = {r["key"]: r["status"] for r in collect_results(url, name, sweep).rows}
+    assert status[hang] == "RUNNING"
+    assert status["digits-mlp__size=1-32__distributed_arithmetic__rf1"] == "WAITING"
+
+    result = run_sweep(
+        SPEC, sweep, storage=url, point_fn=f"{fake}:hangs_once", progress=False, **FAST
+    )
+    assert result.counts == {"COMPLETE": 6}
+    after = markers(sweep)
+    assert after[hang] == 2  # started twice (killed once), completed once
+    assert all(n == 1 for k, n in after.items() if k != hang)
+    row = next(r for r in result.rows if r["key"] == hang)
+    assert row["attempts"] == 2
+
+
+def test_interrupted_point_goes_back_to_the_queue_at_once(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    url, name = create_sweep(SPEC, sweep, heartbeat_interval=30, grace_period=600)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(url, name, point_fn=f"{fake}:interrupted_once", progress=False)
+    # no waiting for the 600 s grace period: the point was handed back
+    result = run_sweep(SPEC, sweep, point_fn=f"{fake}:interrupted_once", progress=False)
+    assert result.counts == {"COMPLETE": 6}
+    assert markers(sweep)["digits-mlp__size=1-32__Latency__rf1"] == 2
+
+
+def test_points_enqueued_twice_are_computed_once(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    url, name = create_sweep(SPEC, sweep, **FAST)
+    # what two `fitc sweep` commands starting at the same moment could do: enqueue again
+    study = optuna.load_study(study_name=name, storage=_journal(sweep))
+    for t in list(study.trials):
+        study.enqueue_trial({"point": t.user_attrs["fitc_key"]}, user_attrs=t.user_attrs)
+    result = run_sweep(SPEC, sweep, point_fn=f"{fake}:quick", progress=False)
+    assert set(markers(sweep).values()) == {1}
+    assert len(result.rows) == 6 and result.counts == {"COMPLETE": 6}
+
+
+def test_resume_with_a_different_base_config_is_refused(tmp_path):
+    create_sweep(SPEC, tmp_path / "s")
+    changed = SweepSpec.from_grid(budgets=["size=1/8"], base={"finetune_epochs": 1})
+    with pytest.raises(SweepError, match="base config"):
+        create_sweep(changed, tmp_path / "s")
+
+
+def test_worker_on_unknown_study_says_what_to_do(tmp_path):
+    url, _ = create_sweep(SPEC, tmp_path / "s")
+    with pytest.raises(SweepError, match="no sweep named 'nope'"):
+        run_worker(url, "nope", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def brute_front(rows, a="accuracy", c="lut"):
+    ok = [
+        r
+        for r in rows
+        if r.get("status", "COMPLETE") == "COMPLETE"
+        and r.get(a) is not None
+        and r.get(c) is not None
+    ]
+    return [
+        r
+        for r in ok
+        if not any(s[a] >= r[a] and s[c] <= r[c] and (s[a] > r[a] or s[c] < r[c]) for s in ok)
+    ]
+
+
+row_st = st.fixed_dictionaries(
+    {
+        "accuracy": st.one_of(st.none(), st.integers(0, 6).map(lambda x: x / 6)),
+        "lut": st.one_of(st.none(), st.integers(0, 8)),
+        "status": st.sampled_from(["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(row_st, max_size=25))
+def test_pareto_front_equals_brute_force(rows):
+    rows = [dict(r, key=i) for i, r in enumerate(rows)]
+    got = pareto_front(rows)
+    want = brute_front(rows)
+    assert sorted(r["key"] for r in got) == sorted(r["key"] for r in want)
+    costs = [r["lut"] for r in got]
+    assert costs == sorted(costs)
+
+
+def test_results_csv_and_pareto_csv(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    result = run_sweep(SPEC, sweep, point_fn=f"{fake}:quick", progress=False)
+    rows = read_csv(sweep / "results.csv")
+    assert [r["key"] for r in rows] == [p.key for p in expand_points(SPEC)]
+    assert {
+        "key",
+        "status",
+        "model",
+        "budget",
+        "strategy",
+        "reuse_factor",
+        "accuracy",
+        "lut",
+        "error",
+        "run_dir",
+    } <= set(rows[0])
+    assert isinstance(rows[0]["lut"], int) and isinstance(rows[0]["accuracy"], float)
+    pareto = read_csv(sweep / "pareto.csv")
+    assert {r["front"] for r in pareto} == {"lut", "dsp", "bops", "size"}
+    for front in ("lut", "dsp", "bops", "size"):
+        got = sorted(r["key"] for r in pareto if r["front"] == front)
+        assert got == sorted(r["key"] for r in brute_front(rows, c=front))
+    assert result.fronts["lut"][0]["key"] in {r["key"] for r in rows}
