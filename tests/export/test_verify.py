@@ -5,6 +5,7 @@ verify_onnx_file on graphs made elsewhere, including every bad input."""
 
 from __future__ import annotations  # noqa: I001 (fitc.export resolves as third-party to ruff)
 
+import dataclasses
 import functools
 import json
 
@@ -152,6 +153,17 @@ def test_wrong_inputs_to_verify_chain(mlp_export):
     X[3, 5] = np.nan
     with pytest.raises(DataError, match="row 3 contains NaN"):
         verify_chain(qmodel, g, X, data.y_test[:10])
+
+
+def test_missing_or_corrupt_exported_graphs(tmp_path, mlp_export):
+    qmodel, plan, masks, data, g = mlp_export
+    gone = dataclasses.replace(g, qonnx_path=str(tmp_path / "model.qonnx.onnx"))
+    with pytest.raises(ArtifactError, match=r"model.qonnx.onnx: ONNX file not found"):
+        verify_chain(qmodel, gone, data.X_test, data.y_test)
+    bad = tmp_path / "model.qcdq.onnx"
+    bad.write_bytes(b"")
+    with pytest.raises(ArtifactError, match=r"model.qcdq.onnx: .*(empty|not a readable)"):
+        verify_chain(qmodel, dataclasses.replace(g, qcdq_path=str(bad)), data.X_test, data.y_test)
 
 
 def test_more_than_8_bits_runs_the_qonnx_hop_only(tmp_path):
