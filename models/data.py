@@ -19,6 +19,7 @@ Contract:
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import zipfile
 from collections.abc import Callable
@@ -76,12 +77,16 @@ class Dataset:
 # Built-in data
 
 
-def make_synthetic_cifar(n_per_class: int = 300, seed: int = _SYNTHETIC_SEED):
+@functools.lru_cache(maxsize=1)
+def make_synthetic_cifar(
+    n_per_class: int = 300, seed: int = _SYNTHETIC_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """A learnable generated 10-class task on 3×32×32 images (not real data).
 
     Each class owns a smooth colour template (a few random low-frequency sinusoids per channel).
     A sample is its class template, circularly shifted by up to ±4 pixels, scaled by 0.7–1.3, plus a
     smooth random distractor field and white noise. Returns ``(X float32 (N,3,32,32), y int64)``.
+    The result is cached; callers must not modify the returned arrays in place.
     """
     rng = np.random.default_rng(seed)
     n_classes, size = 10, 32
@@ -223,24 +228,31 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e.__class__.__name__}: {e})") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
         raise DataError(
             f"{path}: a single .npy array, not an .npz archive; save with "
             "np.savez(path, X=..., y=...)"
         )
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path}: not an .npz archive (not a zip file, or truncated); save with "
+            "np.savez(path, X=..., y=...)"
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: corrupt .npz archive ({e.__class__.__name__}: {e})") from e
     arrays: dict[str, np.ndarray] = {}
     with archive:
         for key in archive.files:
             try:
                 arrays[key] = archive[key]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            except Exception as e:  # untrusted bytes: any failure is a bad file
                 raise DataError(
-                    f"{path}: key '{key}' cannot be read ({e.__class__.__name__}: {e}); "
-                    "object/pickled arrays are not accepted"
+                    f"{path}: key '{key}' cannot be read ({e.__class__.__name__}: {e}); the file "
+                    "is corrupt or holds object (pickled) arrays, which are not accepted"
                 ) from e
     return arrays
 

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,10 +166,12 @@ def _train(
             best_key, best_epoch = key, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(
-            loss=f"{total_loss / n:.4f}",
-            acc=f"{total_correct / n:.3f}",
-            val=f"{val_acc:.3f}",
-            best=f"{best_key[0]:.3f}",
+            OrderedDict(
+                loss=f"{total_loss / n:.4f}",
+                acc=f"{total_correct / n:.3f}",
+                val=f"{val_acc:.3f}",
+                best=f"{best_key[0]:.3f}",
+            )
         )
         log.debug(
             "epoch %d: loss %.4f acc %.4f val acc %.4f val loss %.4f",

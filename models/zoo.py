@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fitc.errors import UnknownModelError
+from fitc.errors import ConfigError, UnknownModelError
 
 __all__ = ["ModelSpec", "MODELS", "get_spec", "build_model", "ResidualBlock"]
 
@@ -41,6 +41,20 @@ class ModelSpec:
     default_data: str | None = None
     synthetic: bool = False
     description: str = ""
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.input_shape)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ConfigError(
+                f"model {self.name}: input_shape must be positive ints, got {self.input_shape!r}"
+            )
+        object.__setattr__(self, "input_shape", shape)
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ConfigError(
+                f"model {self.name}: num_classes must be an int >= 2, got {self.num_classes!r}"
+            )
+        if self.task != "classification":
+            raise ConfigError(f"model {self.name}: task {self.task!r} is not supported")
 
 
 class ResidualBlock(nn.Module):

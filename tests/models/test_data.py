@@ -170,15 +170,26 @@ def test_directory_is_not_a_file(tmp_path):
 def test_not_an_npz(tmp_path):
     p = tmp_path / "text.npz"
     p.write_text("hello")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="not an .npz archive"):
         load_data(JET, str(p))
 
 
-def test_corrupt_npz(tmp_path):
+def test_truncated_npz(tmp_path):
     X, y = _good()
     p = _npz(tmp_path, X=X, y=y)
-    p.write_bytes(p.read_bytes()[:200])
-    with pytest.raises(DataError, match=str(p)):
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataError, match="not an .npz archive"):
+        load_data(JET, str(p))
+
+
+def test_corrupt_npz_member(tmp_path):
+    X, y = _good()
+    p = tmp_path / "c.npz"
+    np.savez_compressed(p, X=X, y=y)
+    raw = bytearray(p.read_bytes())
+    raw[400:440] = bytes(40)  # inside X's compressed data: the CRC check fails
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"c.npz: key 'X' cannot be read.*corrupt"):
         load_data(JET, str(p))
 
 

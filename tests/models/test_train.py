@@ -80,3 +80,37 @@ def test_evaluate():
     assert evaluate(model, X, np.array([0, 1, 0]), batch_size=2) == pytest.approx(2 / 3)
     with pytest.raises(DataError):
         evaluate(model, X, np.array([0, 1]))
+
+
+def test_resnet8_trains_deterministically_on_a_subset():
+    from fitc.models import Dataset
+
+    full = load_data(get_spec("resnet8"))
+    sub = Dataset(
+        name="synthetic-cifar-subset",
+        X_train=full.X_train[:96],
+        y_train=full.y_train[:96],
+        X_val=full.X_val[:32],
+        y_val=full.y_val[:32],
+        X_test=full.X_test[:32],
+        y_test=full.y_test[:32],
+        num_classes=10,
+        synthetic=True,
+    )
+    states = []
+    for _ in range(2):
+        model = build_model("resnet8", seed=1)
+        train_float(model, sub, epochs=1, batch_size=32, seed=1, progress=False, num_threads=2)
+        states.append(model.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_thread_setting_is_restored(digits):
+    before = torch.get_num_threads()
+    train_float(build_model("digits-mlp"), digits, epochs=1, progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_progress_bar_runs(digits, capsys):
+    train_float(build_model("digits-mlp"), digits, epochs=1, progress=True)

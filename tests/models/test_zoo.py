@@ -118,3 +118,15 @@ def test_unknown_model_names_nearest():
         get_spec("digit-mlp")
     with pytest.raises(UnknownModelError, match="resnet8"):
         build_model("resnet-8")
+
+
+def test_spec_validation():
+    from fitc.errors import ConfigError
+
+    assert ModelSpec(name="x", input_shape=[4, 2], num_classes=3).input_shape == (4, 2)
+    with pytest.raises(ConfigError, match="input_shape"):
+        ModelSpec(name="x", input_shape=(0,), num_classes=3)
+    with pytest.raises(ConfigError, match="num_classes"):
+        ModelSpec(name="x", input_shape=(4,), num_classes=1)
+    with pytest.raises(ConfigError, match="task"):
+        ModelSpec(name="x", input_shape=(4,), num_classes=3, task="regression")
