@@ -42,6 +42,7 @@ import math
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from fitc.artifacts import CompressionPlan, HardwareConfig, HopReport
 from fitc.errors import (
     ArtifactError,
     ConfigError,
+    DataError,
     FitcError,
     PrecisionMismatchError,
     ToolNotFoundError,
@@ -148,11 +150,16 @@ def prepare_qonnx(model: onnx.ModelProto | str | Path) -> Any:
         from fitc.export import load_onnx
 
         model = load_onnx(model)
-    mw = cleanup_model(ModelWrapper(copy.deepcopy(model)))
-    if any(n.op_type == "Conv" for n in mw.graph.node):
-        mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
-    mw = mw.transform(GemmToMatMul())
-    return cleanup_model(mw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mw = cleanup_model(ModelWrapper(copy.deepcopy(model)))
+        if any(n.op_type == "Conv" for n in mw.graph.node):
+            mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
+        mw = mw.transform(GemmToMatMul())  # warns about Gemm opset versions; the rewrite is exact
+        mw = cleanup_model(mw)
+    for w in caught:
+        log.debug("qonnx preparation: %s", w.message)
+    return mw
 
 
 def hls_config(
@@ -839,9 +846,12 @@ def emulation_check(
     proto = load_onnx(qonnx_path)
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
-    if len(X) == 0 or y.shape != (len(X),):
-        raise ArtifactError(
-            f"emulation_check: need N > 0 inputs and N labels, got X {X.shape}, y {y.shape}"
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    sample = tuple(d.dim_value for d in dims[1:])
+    if X.ndim < 2 or tuple(X.shape[1:]) != sample or y.shape != (len(X),) or len(X) == 0:
+        raise DataError(
+            f"emulation_check: need inputs (N, {', '.join(map(str, sample))}) with N > 0 and N "
+            f"labels for {qonnx_path}, got X {X.shape}, y {y.shape}"
         )
     t0 = time.perf_counter()
     ref = run_qonnx(proto, X).reshape(len(X), -1)
