@@ -111,11 +111,12 @@ def dsp_per_multiplier(weight_bits: int, act_bits: int) -> int:
 def n_multipliers(lp: LayerPlan, hw: HardwareConfig) -> int:
     """Multipliers one kernel instance needs (hls4ml's ``multiplier_limit``).
 
-    Latency / distributed arithmetic: zero weights are free, ``ceil(n_nonzero / RF)``.
-    Resource strategy: the weights are read from memory, zeros included, ``ceil(n_weights / RF)``.
+    Latency / distributed arithmetic, and any strategy at RF 1: zero weights are free,
+    ``ceil(n_nonzero / RF)``. Resource strategy at RF > 1: the weights are read from memory, zeros
+    included, ``ceil(n_weights / RF)``.
     """
     rf = hw.reuse_factor
-    if hw.strategy == "Resource":
+    if hw.strategy == "Resource" and rf > 1:
         return math.ceil(lp.n_weights / rf)
     return math.ceil(lp.n_nonzero / rf)
 
@@ -141,10 +142,12 @@ def weight_bram_18k(lp: LayerPlan, hw: HardwareConfig) -> int:
 class AnalyticalParams:
     """Constants of the analytical model.
 
-    The first six are fitted to da4ml 0.6.0 LUT costs (``adder_size=1``: LUT-equivalents) of
-    randomly generated Gaussian/uniform matrices and of trained digits-mlp/digits-cnn layers over
-    2–8-bit weights, 2–8-bit inputs and 0–95 % sparsity (``bench/resource_models.py`` reports the
-    agreement). The rest are rules of thumb for a 7-series / UltraScale fabric.
+    The first six were fitted (least squares on log cost, per-layer offsets removed) to da4ml 0.6.0
+    LUT costs (``adder_size=1``: LUT-equivalents) of 400 random Gaussian/uniform matrices (9–144
+    inputs, 8–64 outputs) and of digits-mlp/digits-cnn layers from a separate training run, over
+    2–8-bit weights, 2–8-bit inputs and 0–95 % magnitude sparsity. ``bench/resource_models.py``
+    reports the agreement on freshly trained models and refits them on one model to test on the
+    other. The rest are rules of thumb for a 7-series / UltraScale fabric.
     """
 
     lut_per_acc_bit: float = 0.684  # LUT per bit of the accumulating adder of each non-zero product

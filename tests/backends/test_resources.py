@@ -76,6 +76,8 @@ def test_zero_weights_free_at_rf1_but_counted_in_resource_strategy():
     # Resource, RF 4: ceil(n_weights / RF) multipliers whatever the sparsity
     assert one(m, sparse, res).dsp == math.ceil(n / 4) == one(m, dense_, res).dsp
     assert one(m, dense(wb=6, nnz=200), res).lut == one(m, dense(wb=6), res).lut
+    # ... but at RF 1 zeros are free whatever the strategy
+    assert one(m, sparse, HardwareConfig(strategy="Resource", reuse_factor=1)).dsp == 200
     # Latency strategy at RF 4: zeros still free, multipliers shared over 4 cycles
     lat4 = HardwareConfig(strategy="Latency", reuse_factor=4)
     assert one(m, sparse, lat4).dsp == 50
