@@ -80,7 +80,7 @@ def _hw_args(p: argparse.ArgumentParser) -> None:
 
 
 _NOT_CONFIG = {"command", "config", "debug", "quiet", "dir", "func", "onnx", "inputs", "reference",
-               "resource_model_cli"}
+               "labels", "resource_model_cli"}
 
 
 def _config(args: argparse.Namespace, run_dir: Path | None = None):
@@ -145,6 +145,43 @@ def cmd_stage(stage: str):
         return 0
 
     return cmd
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.onnx is None:
+        if args.dir is None:
+            raise FitcError("give a run directory (fitc verify DIR) or a graph (--onnx FILE --inputs X.npy)")
+        return cmd_stage("verify")(args)
+    from fitc.export import verify_onnx_file
+
+    if args.inputs is None:
+        raise FitcError("--onnx needs --inputs X.npy (the inputs to run the graph on)")
+    X = _load_npy(args.inputs, "--inputs")
+    ref = _load_npy(args.reference, "--reference") if args.reference else None
+    y = _load_npy(args.labels, "--labels") if args.labels else None
+    report = verify_onnx_file(args.onnx, X, reference=ref, y=y)
+    print(f"{report.path} ({report.graph_format}), {report.n_samples} samples")
+    _print_table([
+        {"hop": f"{h.a} → {h.b}", "max |diff|": h.max_abs_diff, "identical rows": f"{h.identical_rows:.1%}",
+         "argmax agreement": f"{h.argmax_agreement:.1%}"}
+        for h in report.hops
+    ])
+    for why in report.skipped:
+        print(f"skipped: {why}")
+    if not report.exact:
+        raise FitcError("the graph's outputs are not bit-identical across the hops above")
+    return 0
+
+
+def _load_npy(path: str, flag: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FitcError(f"{flag} {path}: file not found") from None
+    except (ValueError, OSError) as e:
+        raise FitcError(f"{flag} {path}: not a .npy array file ({e})") from None
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -219,11 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("lower", "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("dir", nargs="?" if name == "verify" else None, help="run directory")
+        if name == "verify":
+            p.add_argument("dir", nargs="?", help="run directory")
+            g = p.add_argument_group("a graph made elsewhere")
+            g.add_argument("--onnx", metavar="FILE", help="QONNX or QCDQ file to check instead of a run")
+            g.add_argument("--inputs", metavar="X.npy", help="inputs, shaped (N, *input shape)")
+            g.add_argument("--reference", metavar="R.npy", help="expected outputs to compare against")
+            g.add_argument("--labels", metavar="Y.npy", help="labels, to report accuracies")
+        else:
+            p.add_argument("dir", help="run directory")
         if name == "lower":
             _hw_args(p)
         _common(p)
-        p.set_defaults(func=cmd_stage(stage))
+        p.set_defaults(func=cmd_verify if name == "verify" else cmd_stage(stage))
     return parser
 
 

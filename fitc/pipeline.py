@@ -17,6 +17,7 @@ Artifacts in the run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -88,7 +89,13 @@ class Run:
     def exported(self):
         from fitc.export import ExportedGraph
 
-        return ExportedGraph.from_dict(read_json(self.dir / "export.json"))
+        graph = ExportedGraph.from_dict(read_json(self.dir / "export.json"))
+        # Paths are recorded relative to where the run was made; the run directory may have moved.
+        return dataclasses.replace(
+            graph,
+            qonnx_path=str(self.dir / Path(graph.qonnx_path).name),
+            qcdq_path=str(self.dir / Path(graph.qcdq_path).name) if graph.qcdq_path else None,
+        )
 
     def stage(self, name: str, inputs: tuple, outputs: list[str], fn) -> bool:
         """Run stage ``name`` unless done; its fingerprint chains the previous stage's."""
@@ -290,20 +297,25 @@ def lower(run: Run) -> None:
 
 
 def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
-    """Run the pipeline up to and including stage ``until`` (default: the config's)."""
+    """Run the pipeline up to and including stage ``until`` (default: the config's).
+
+    ``until="export"`` includes the verification: an exported graph is never left unchecked.
+    """
     until = until or cfg.until
+    if until == "export":
+        until = "verify"
     run = open_run(cfg)
+    train(run)
     for name, stage_fn in (
-        ("train", train),
         ("search", search),
         ("finetune", finetune),
         ("export", export),
         ("verify", verify),
         ("lower", lower),
     ):
-        stage_fn(run)
-        if name == until or (until == "export" and name == "verify"):
+        if STAGES.index(name) > STAGES.index(until):
             break
+        stage_fn(run)
     return run
 
 
