@@ -111,17 +111,34 @@ def pareto_plot(
         ax.scatter(
             [_num(r[cost]) for r in dominated],
             [_num(r[maximize]) * scale for r in dominated],
-            s=36, color="0.6", alpha=0.8, label=f"dominated ({len(dominated)})", zorder=2,
+            s=36,
+            color="0.6",
+            alpha=0.8,
+            label=f"dominated ({len(dominated)})",
+            zorder=2,
         )
     if front:
         xs = [_num(r[cost]) for r in front]
         ys = [_num(r[maximize]) * scale for r in front]
         ax.plot(xs, ys, drawstyle="steps-post", color=FRONT_COLOR, lw=1.5, alpha=0.7, zorder=3)
-        ax.scatter(xs, ys, s=64, color=FRONT_COLOR, edgecolor="black", zorder=4,
-                   label=f"Pareto front ({len(front)})")
+        ax.scatter(
+            xs,
+            ys,
+            s=64,
+            color=FRONT_COLOR,
+            edgecolor="black",
+            zorder=4,
+            label=f"Pareto front ({len(front)})",
+        )
         for x, y, r in zip(xs, ys, front, strict=True):
-            ax.annotate(_short(r, multi_model), (x, y), textcoords="offset points", xytext=(6, -12),
-                        fontsize=8, color="0.15")
+            ax.annotate(
+                _short(r, multi_model),
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize=8,
+                color="0.15",
+            )
     xs_all = [_num(r[cost]) for r in usable]
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 50:
         ax.set_xscale("log")
@@ -132,8 +149,14 @@ def pareto_plot(
     if usable:
         ax.legend(loc="lower right", fontsize=9)
     else:
-        ax.text(0.5, 0.5, f"no finished point has {maximize} and {cost}", ha="center",
-                va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no finished point has {maximize} and {cost}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     sub = f"\n({n_missing} failed point(s) or without {cost} not shown)" if n_missing else ""
     ax.set_title(title or f"Pareto front: {maximize} against {cost.upper()}{sub}", fontsize=11)
     return _save(fig, out)
@@ -157,10 +180,20 @@ def layer_plan_plot(
     fig = _figure(max(6.0, 1.1 * len(names) + 2.5), 5.6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(1.2, 1))
     w = 0.38
-    wb = top.bar([i - w / 2 for i in x], [lp.weight_bits for lp in plan.layers], w,
-                 color=COLORS[0], label="weight bits")
-    ab = top.bar([i + w / 2 for i in x], [lp.act_bits for lp in plan.layers], w,
-                 color=COLORS[1], label="input activation bits")
+    wb = top.bar(
+        [i - w / 2 for i in x],
+        [lp.weight_bits for lp in plan.layers],
+        w,
+        color=COLORS[0],
+        label="weight bits",
+    )
+    ab = top.bar(
+        [i + w / 2 for i in x],
+        [lp.act_bits for lp in plan.layers],
+        w,
+        color=COLORS[1],
+        label="input activation bits",
+    )
     top.bar_label(wb, fontsize=8)
     top.bar_label(ab, fontsize=8)
     top.set_ylabel("bit width (bits)")
@@ -169,16 +202,21 @@ def layer_plan_plot(
     top.legend(loc="upper right", fontsize=8, ncols=2)
     top.grid(True, axis="y", alpha=0.3)
     sp = bottom.bar(x, [100 * lp.sparsity for lp in plan.layers], 0.6, color=COLORS[2])
-    bottom.bar_label(sp, labels=[f"{100 * lp.sparsity:.0f} %\n{lp.n_nonzero}/{lp.n_weights}"
-                                 for lp in plan.layers], fontsize=7)
+    bottom.bar_label(
+        sp,
+        labels=[f"{100 * lp.sparsity:.0f} %\n{lp.n_nonzero}/{lp.n_weights}" for lp in plan.layers],
+        fontsize=7,
+    )
     bottom.set_ylim(0, 119)
     bottom.set_ylabel("pruned weights (%)")
-    bottom.set_xticks(x, names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6
-                      else "center")
+    bottom.set_xticks(
+        x, names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
+    )
     bottom.set_xlabel("layer (torch module name)")
     bottom.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(title or f"{plan.model}: bits and sparsity per layer (budget {plan.budget})",
-                 fontsize=11)
+    fig.suptitle(
+        title or f"{plan.model}: bits and sparsity per layer (budget {plan.budget})", fontsize=11
+    )
     return _save(fig, out)
 
 
@@ -195,13 +233,27 @@ def search_path_plot(
         costs = [s.cost for s in plan.path]
         gs = [s.g for s in plan.path]
         ax.plot(costs, gs, "-o", ms=3.5, color=COLORS[0], label="path (one point per move)")
-        ax.annotate("first move", (costs[0], gs[0]), textcoords="offset points", xytext=(-10, 8),
-                    fontsize=8, ha="right")
-        ax.scatter([costs[-1]], [gs[-1]], s=80, color=FRONT_COLOR, zorder=3, edgecolor="black",
-                   label=f"plan: cost {costs[-1]:.4g}, g {gs[-1]:.4g}")
+        ax.annotate(
+            "first move",
+            (costs[0], gs[0]),
+            textcoords="offset points",
+            xytext=(-10, 8),
+            fontsize=8,
+            ha="right",
+        )
+        ax.scatter(
+            [costs[-1]],
+            [gs[-1]],
+            s=80,
+            color=FRONT_COLOR,
+            zorder=3,
+            edgecolor="black",
+            label=f"plan: cost {costs[-1]:.4g}, g {gs[-1]:.4g}",
+        )
     else:
-        ax.text(0.5, 0.5, "the plan records no path", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "the plan records no path", ha="center", va="center", transform=ax.transAxes
+        )
     ax.axvline(plan.budget.limit, color="black", ls="--", lw=1, label=f"budget {plan.budget}")
     ax.margins(x=0.06, y=0.06)
     ax.set_xlabel(f"cost after the move: {LABELS.get(kind, kind)}")
@@ -234,16 +286,26 @@ def loop_plot(
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     xs = [int(i.get("iteration", n)) for n, i in enumerate(its)]
     for ax, kind in zip(axes, kinds, strict=True):
+
         def series(field: str, kind: str = kind) -> list[float]:
             return [_num(i.get(field, {}).get(kind)) for i in its]
 
         ax.plot(xs, series("fast"), "--o", color=COLORS[0], label="fast estimate")
         ax.plot(xs, series("accurate"), "-s", color=COLORS[1], label="accurate estimate")
-        ax.plot(xs, series("limits"), ls="none", marker="_", ms=22, mew=2.5, color="0.45",
-                label="limit given to the search")
+        ax.plot(
+            xs,
+            series("limits"),
+            ls="none",
+            marker="_",
+            ms=22,
+            mew=2.5,
+            color="0.45",
+            label="limit given to the search",
+        )
         if kind in targets:
-            ax.axhline(targets[kind], color=FRONT_COLOR, ls=":", lw=1.5,
-                       label=f"target {targets[kind]:g}")
+            ax.axhline(
+                targets[kind], color=FRONT_COLOR, ls=":", lw=1.5, label=f"target {targets[kind]:g}"
+            )
         ax.set_xticks(xs)
         ax.set_xlabel("loop iteration")
         ax.set_ylabel(LABELS.get(kind, kind))
@@ -254,31 +316,47 @@ def loop_plot(
     if its and targets:
         from fitc.loop import overshoot
 
-        fits = f" — last design at {100 * overshoot(its[-1].get('accurate', {}), targets):.0f} % " \
-               "of its worst budget"
-    fig.suptitle(title or f"closed loop: estimates against the budget ({len(its)} iterations){fits}",
-                 fontsize=11)
+        fits = (
+            f" — last design at {100 * overshoot(its[-1].get('accurate', {}), targets):.0f} % "
+            "of its worst budget"
+        )
+    fig.suptitle(
+        title or f"closed loop: estimates against the budget ({len(its)} iterations){fits}",
+        fontsize=11,
+    )
     return _save(fig, out)
 
 
 def layer_resources_plot(
-    resources: ResourceReport | Mapping[str, Any], out: str | os.PathLike, *,
+    resources: ResourceReport | Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
     title: str | None = None,
 ) -> Path:
     """Per layer: LUTs and flip-flops (left), DSP slices and BRAM 18K blocks (right)."""
-    rep = resources if isinstance(resources, ResourceReport) else ResourceReport.from_dict(
-        dict(resources))
+    rep = (
+        resources
+        if isinstance(resources, ResourceReport)
+        else ResourceReport.from_dict(dict(resources))
+    )
     names = [lr.name for lr in rep.layers]
     y = list(range(len(names)))
     fig = _figure(10.0, max(3.2, 0.55 * len(names) + 2.0))
     left, right = fig.subplots(1, 2, sharey=True)
     h = 0.38
-    for ax, pairs in ((left, (("lut", "LUT"), ("ff", "FF"))),
-                      (right, (("dsp", "DSP"), ("bram_18k", "BRAM 18K")))):
+    for ax, pairs in (
+        (left, (("lut", "LUT"), ("ff", "FF"))),
+        (right, (("dsp", "DSP"), ("bram_18k", "BRAM 18K"))),
+    ):
         for j, (field, label) in enumerate(pairs):
             vals = [float(getattr(lr, field)) for lr in rep.layers]
-            bars = ax.barh([i + (j - 0.5) * h for i in y], vals, h, color=COLORS[j + (2 if ax is
-                           right else 0)], label=f"{label} (total {getattr(rep, field):g})")
+            bars = ax.barh(
+                [i + (j - 0.5) * h for i in y],
+                vals,
+                h,
+                color=COLORS[j + (2 if ax is right else 0)],
+                label=f"{label} (total {getattr(rep, field):g})",
+            )
             ax.bar_label(bars, labels=[f"{v:g}" for v in vals], fontsize=7, padding=2)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, axis="x", alpha=0.3)
@@ -290,14 +368,30 @@ def layer_resources_plot(
     left.invert_yaxis()
     left.set_ylabel("layer (torch module name)")
     if not names:
-        left.text(0.5, 0.5, "the report has no per-layer figures", ha="center", va="center",
-                  transform=left.transAxes)
+        left.text(
+            0.5,
+            0.5,
+            "the report has no per-layer figures",
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+        )
     hw = rep.hardware
-    fig.suptitle(title or f"resources per layer — {rep.source} model, {hw.strategy}, reuse "
-                 f"factor {hw.reuse_factor}, {hw.part}; latency {rep.latency_cycles:g} cycles "
-                 f"({rep.latency_ns:g} ns)", fontsize=10)
+    fig.suptitle(
+        title
+        or f"resources per layer — {rep.source} model, {hw.strategy}, reuse "
+        f"factor {hw.reuse_factor}, {hw.part}; latency {rep.latency_cycles:g} cycles "
+        f"({rep.latency_ns:g} ns)",
+        fontsize=10,
+    )
     return _save(fig, out)
 
 
-__all__ = ["LABELS", "layer_plan_plot", "layer_resources_plot", "loop_plot", "pareto_plot",
-           "search_path_plot"]
+__all__ = [
+    "LABELS",
+    "layer_plan_plot",
+    "layer_resources_plot",
+    "loop_plot",
+    "pareto_plot",
+    "search_path_plot",
+]

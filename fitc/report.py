@@ -56,15 +56,20 @@ def _cell(v: Any) -> str:
     return _fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
-def table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] | None = None,
-          headers: Mapping[str, str] | None = None) -> str:
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    cols: Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
     """A markdown table of ``rows`` (dicts) over ``cols`` (default: the first row's keys)."""
     if not rows:
         return "_(no rows)_\n"
     cols = list(cols or rows[0].keys())
     headers = headers or {}
-    out = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |",
-           "|" + "|".join("---" for _ in cols) + "|"]
+    out = [
+        "| " + " | ".join(headers.get(c, c) for c in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     out += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
@@ -130,8 +135,13 @@ def _load(d: Path, name: str) -> tuple[Any, str | None]:
 
 
 _METRIC_ORDER = (
-    "float_test_accuracy", "built_test_accuracy", "finetuned_test_accuracy", "budget",
-    "planned_cost", "achieved_size", "achieved_bops",
+    "float_test_accuracy",
+    "built_test_accuracy",
+    "finetuned_test_accuracy",
+    "budget",
+    "planned_cost",
+    "achieved_size",
+    "achieved_bops",
 )
 _NESTED = ("equivalence", "emulation", "resources", "loop")
 
@@ -147,8 +157,10 @@ def _run_report(d: Path) -> str:
     budget = ", ".join(cfg.get("budget", []) or [])
     if cfg.get("device"):
         budget += f" + {cfg['device']} at {_fmt(cfg.get('fraction'))}"
-    s.add(f"# fitc run: {cfg.get('model', '?')} — {budget or 'no budget recorded'}\n",
-          f"Run directory `{d}`.\n")
+    s.add(
+        f"# fitc run: {cfg.get('model', '?')} — {budget or 'no budget recorded'}\n",
+        f"Run directory `{d}`.\n",
+    )
 
     acc = metrics.get("finetuned_test_accuracy")
     headline = [f"float accuracy {_pct(metrics.get('float_test_accuracy'))}"]
@@ -162,16 +174,31 @@ def _run_report(d: Path) -> str:
     # Metrics
     s.add("## Metrics\n")
     scalars = {k: metrics[k] for k in _METRIC_ORDER if k in metrics}
-    scalars.update({k: v for k, v in metrics.items()
-                    if k not in scalars and k not in _NESTED and not isinstance(v, (dict, list))})
+    scalars.update(
+        {
+            k: v
+            for k, v in metrics.items()
+            if k not in scalars and k not in _NESTED and not isinstance(v, (dict, list))
+        }
+    )
     s.add(_kv(scalars) if scalars else _missing("metrics", "run.json has none yet"))
 
     # Stages
     s.add("## Stages\n")
     stages = record.get("stages", {}) or {}
     if stages:
-        s.add(table([{"stage": k, "wall time (s)": v.get("wall_time_s"),
-                      "outputs": ", ".join(v.get("outputs", []))} for k, v in stages.items()]))
+        s.add(
+            table(
+                [
+                    {
+                        "stage": k,
+                        "wall time (s)": v.get("wall_time_s"),
+                        "outputs": ", ".join(v.get("outputs", [])),
+                    }
+                    for k, v in stages.items()
+                ]
+            )
+        )
     else:
         s.add(_missing("stages", "no stage has finished"))
 
@@ -189,21 +216,42 @@ def _run_report(d: Path) -> str:
     if plan is None:
         s.add(_missing("the plan", why or "unknown"))
     else:
-        s.add(f"Budget {plan.budget}; planned cost {_fmt(plan.achieved_cost)}; predicted FIT "
-              f"{_fmt(plan.predicted_fit)}; Fisher {_fmt(plan.fisher_time_s)} s, search "
-              f"{_fmt(plan.search_time_s)} s, {len(plan.path)} moves.\n")
-        s.add(table([
-            {"layer": lp.name, "kind": lp.kind, "weight bits": lp.weight_bits,
-             "act bits": lp.act_bits, "weights": lp.n_weights, "non-zero": lp.n_nonzero,
-             "sparsity": f"{100 * lp.sparsity:.1f} %", "fan-in": lp.fan_in}
-            for lp in plan.layers
-        ]))
-        s.plot(plots.layer_plan_plot, plan, plots_dir / "plan_layers.png",
-               "bit widths and sparsity per layer")
+        s.add(
+            f"Budget {plan.budget}; planned cost {_fmt(plan.achieved_cost)}; predicted FIT "
+            f"{_fmt(plan.predicted_fit)}; Fisher {_fmt(plan.fisher_time_s)} s, search "
+            f"{_fmt(plan.search_time_s)} s, {len(plan.path)} moves.\n"
+        )
+        s.add(
+            table(
+                [
+                    {
+                        "layer": lp.name,
+                        "kind": lp.kind,
+                        "weight bits": lp.weight_bits,
+                        "act bits": lp.act_bits,
+                        "weights": lp.n_weights,
+                        "non-zero": lp.n_nonzero,
+                        "sparsity": f"{100 * lp.sparsity:.1f} %",
+                        "fan-in": lp.fan_in,
+                    }
+                    for lp in plan.layers
+                ]
+            )
+        )
+        s.plot(
+            plots.layer_plan_plot,
+            plan,
+            plots_dir / "plan_layers.png",
+            "bit widths and sparsity per layer",
+        )
         s.add("### Search path\n")
         if plan.path:
-            s.plot(plots.search_path_plot, plan, plots_dir / "search_path.png",
-                   "search path: Fisher distance against cost")
+            s.plot(
+                plots.search_path_plot,
+                plan,
+                plots_dir / "search_path.png",
+                "search path: Fisher distance against cost",
+            )
         else:
             s.add(_missing("the search path", "the plan records no moves"))
 
@@ -222,13 +270,18 @@ def _run_report(d: Path) -> str:
         rows = []
         for h in hops:
             exact = h.get("max_abs_diff") == 0 and h.get("identical_rows") == 1
-            rows.append({"hop": f"{h.get('a')} → {h.get('b')}", "samples": h.get("n_samples"),
-                         "max abs diff": h.get("max_abs_diff"),
-                         "identical rows": _pct(h.get("identical_rows")),
-                         "argmax agreement": _pct(h.get("argmax_agreement")),
-                         "accuracy a": _pct(h.get("accuracy_a")),
-                         "accuracy b": _pct(h.get("accuracy_b")),
-                         "bit-exact": "yes" if exact else "**no**"})
+            rows.append(
+                {
+                    "hop": f"{h.get('a')} → {h.get('b')}",
+                    "samples": h.get("n_samples"),
+                    "max abs diff": h.get("max_abs_diff"),
+                    "identical rows": _pct(h.get("identical_rows")),
+                    "argmax agreement": _pct(h.get("argmax_agreement")),
+                    "accuracy a": _pct(h.get("accuracy_a")),
+                    "accuracy b": _pct(h.get("accuracy_b")),
+                    "bit-exact": "yes" if exact else "**no**",
+                }
+            )
         s.add(table(rows))
         checks = (eq or {}).get("layer_checks", [])
         if checks:
@@ -242,21 +295,53 @@ def _run_report(d: Path) -> str:
     res = res if isinstance(res, dict) and "lut" in res else metrics.get("resources")
     if isinstance(res, dict) and "lut" in res:
         hw = res.get("hardware", {}) or {}
-        s.add(f"Estimated by the **{res.get('source', '?')}** model for {hw.get('part', '?')}, "
-              f"strategy {hw.get('strategy', '?')}, reuse factor {hw.get('reuse_factor', '?')}, "
-              f"clock {hw.get('clock_period_ns', '?')} ns.\n")
-        s.add(table([{k: res.get(k) for k in ("lut", "ff", "dsp", "bram_18k", "latency_cycles",
-                                               "latency_ns", "initiation_interval_cycles")}],
-                    headers={"bram_18k": "BRAM 18K", "latency_cycles": "latency (cycles)",
-                             "latency_ns": "latency (ns)",
-                             "initiation_interval_cycles": "II (cycles)"}))
+        s.add(
+            f"Estimated by the **{res.get('source', '?')}** model for {hw.get('part', '?')}, "
+            f"strategy {hw.get('strategy', '?')}, reuse factor {hw.get('reuse_factor', '?')}, "
+            f"clock {hw.get('clock_period_ns', '?')} ns.\n"
+        )
+        s.add(
+            table(
+                [
+                    {
+                        k: res.get(k)
+                        for k in (
+                            "lut",
+                            "ff",
+                            "dsp",
+                            "bram_18k",
+                            "latency_cycles",
+                            "latency_ns",
+                            "initiation_interval_cycles",
+                        )
+                    }
+                ],
+                headers={
+                    "bram_18k": "BRAM 18K",
+                    "latency_cycles": "latency (cycles)",
+                    "latency_ns": "latency (ns)",
+                    "initiation_interval_cycles": "II (cycles)",
+                },
+            )
+        )
         if res.get("layers"):
-            s.add(table(res["layers"], ("name", "lut", "ff", "dsp", "bram_18k", "latency_cycles"),
-                        {"name": "layer", "latency_cycles": "latency (cycles)"}))
-            s.plot(plots.layer_resources_plot, res, plots_dir / "resources_layers.png",
-                   "resources per layer")
+            s.add(
+                table(
+                    res["layers"],
+                    ("name", "lut", "ff", "dsp", "bram_18k", "latency_cycles"),
+                    {"name": "layer", "latency_cycles": "latency (cycles)"},
+                )
+            )
+            s.plot(
+                plots.layer_resources_plot,
+                res,
+                plots_dir / "resources_layers.png",
+                "resources per layer",
+            )
     else:
-        s.add(_missing("resource estimates", why if res is None else "the estimate stage has not run"))
+        s.add(
+            _missing("resource estimates", why if res is None else "the estimate stage has not run")
+        )
 
     # Loop
     s.add("## Closed loop\n")
@@ -265,18 +350,33 @@ def _run_report(d: Path) -> str:
         loop = loop.get("iterations")
     loop = loop if isinstance(loop, list) else metrics.get("loop")
     if isinstance(loop, list) and loop:
-        s.add(table([{"iteration": it.get("iteration"), "limits": it.get("limits"),
-                      "calibrated": it.get("calibrated"), "fast": it.get("fast"),
-                      "accurate": it.get("accurate"), "accuracy": _pct(it.get("accuracy")),
-                      "time (s)": it.get("wall_time_s")} for it in loop]))
+        s.add(
+            table(
+                [
+                    {
+                        "iteration": it.get("iteration"),
+                        "limits": it.get("limits"),
+                        "calibrated": it.get("calibrated"),
+                        "fast": it.get("fast"),
+                        "accurate": it.get("accurate"),
+                        "accuracy": _pct(it.get("accuracy")),
+                        "time (s)": it.get("wall_time_s"),
+                    }
+                    for it in loop
+                ]
+            )
+        )
         s.plot(plots.loop_plot, loop, plots_dir / "loop.png", "closed loop iterations")
     else:
         s.add(_missing("the closed loop", "no hardware budget in this run" if why else "empty"))
 
     # Config and versions last: long, and rarely what a reader looks for first
     s.add("## Configuration\n")
-    s.add("<details><summary>resolved configuration</summary>\n", _kv(cfg) if cfg else
-          _missing("configuration", "run.json has none"), "</details>\n")
+    s.add(
+        "<details><summary>resolved configuration</summary>\n",
+        _kv(cfg) if cfg else _missing("configuration", "run.json has none"),
+        "</details>\n",
+    )
     versions = record.get("versions", {})
     if versions:
         s.add("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".\n")
@@ -298,28 +398,51 @@ def _sweep_report(d: Path) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    s.add(f"**{len(rows)} points: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items()))
-          + "**\n")
+    s.add(
+        f"**{len(rows)} points: "
+        + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items()))
+        + "**\n"
+    )
     if info.get("storage_url"):
-        s.add(f"Ledger: `{redact(info['storage_url'])}`, study `{info.get('study_name')}` "
-              "(add workers with `fitc sweep worker --storage URL --study NAME`).\n")
+        s.add(
+            f"Ledger: `{redact(info['storage_url'])}`, study `{info.get('study_name')}` "
+            "(add workers with `fitc sweep worker --storage URL --study NAME`).\n"
+        )
 
     spec = info.get("spec")
     s.add("## Grid\n")
     if spec:
-        s.add(_kv({
-            "models": spec.get("models") or "(base config)",
-            "budgets": [_budget_label(b) for b in spec.get("budgets", [])] or "(base config)",
-            "strategies": spec.get("strategies") or "(base config)",
-            "reuse factors": spec.get("reuse_factors") or "(base config)",
-            "base config": spec.get("base") or "(defaults)",
-        }))
+        s.add(
+            _kv(
+                {
+                    "models": spec.get("models") or "(base config)",
+                    "budgets": [_budget_label(b) for b in spec.get("budgets", [])]
+                    or "(base config)",
+                    "strategies": spec.get("strategies") or "(base config)",
+                    "reuse factors": spec.get("reuse_factors") or "(base config)",
+                    "base config": spec.get("base") or "(defaults)",
+                }
+            )
+        )
     else:
         s.add(_missing("the grid", f"no {SWEEP_JSON}"))
 
     s.add("## Results\n")
-    cols = ["key", "status", "budget", "strategy", "reuse_factor", "accuracy", "lut", "ff", "dsp",
-            "bram_18k", "latency_cycles", "size", "bops"]
+    cols = [
+        "key",
+        "status",
+        "budget",
+        "strategy",
+        "reuse_factor",
+        "accuracy",
+        "lut",
+        "ff",
+        "dsp",
+        "bram_18k",
+        "latency_cycles",
+        "size",
+        "bops",
+    ]
     cols = [c for c in cols if any(r.get(c) is not None for r in rows) or c in ("key", "status")]
     if len({r.get("model") for r in rows}) > 1:
         cols.insert(2, "model")
@@ -329,15 +452,22 @@ def _sweep_report(d: Path) -> str:
         row["accuracy"] = _pct(r.get("accuracy")) if r.get("accuracy") is not None else None
         row["key"] = _link(d, r)
         shown.append(row)
-    s.add(table(shown, cols, {"reuse_factor": "rf", "latency_cycles": "latency (cycles)",
-                              "bram_18k": "BRAM 18K"}))
+    s.add(
+        table(
+            shown,
+            cols,
+            {"reuse_factor": "rf", "latency_cycles": "latency (cycles)", "bram_18k": "BRAM 18K"},
+        )
+    )
     failed = [r for r in rows if r["status"] == "FAIL"]
     if failed:
         s.add("### Failed points\n", table(failed, ["key", "error"]))
 
     s.add("## Pareto fronts\n")
-    s.add("Accuracy (maximised) against each cost (minimised): a point is on the front when no "
-          "other point is at least as accurate and at most as costly, and better in one.\n")
+    s.add(
+        "Accuracy (maximised) against each cost (minimised): a point is on the front when no "
+        "other point is at least as accurate and at most as costly, and better in one.\n"
+    )
     pareto = read_csv(d / PARETO_CSV) if (d / PARETO_CSV).is_file() else []
     names = {"lut": "LUTs", "dsp": "DSP slices", "bops": "BOPs", "size": "weight size"}
     for cost in FRONTS:
@@ -346,10 +476,19 @@ def _sweep_report(d: Path) -> str:
         if not front:
             s.add(_missing(f"a {cost} front", f"no finished point reports {cost}"))
             continue
-        s.plot(plots.pareto_plot, rows, d / PLOTS / f"pareto_{cost}.png",
-               f"Pareto front: accuracy against {cost}", cost=cost)
-        s.add(table([{**r, "accuracy": _pct(r.get("accuracy")), "key": _link(d, r)}
-                     for r in front], ["key", "accuracy", cost]))
+        s.plot(
+            plots.pareto_plot,
+            rows,
+            d / PLOTS / f"pareto_{cost}.png",
+            f"Pareto front: accuracy against {cost}",
+            cost=cost,
+        )
+        s.add(
+            table(
+                [{**r, "accuracy": _pct(r.get("accuracy")), "key": _link(d, r)} for r in front],
+                ["key", "accuracy", cost],
+            )
+        )
     return s.text()
 
 
@@ -387,9 +526,11 @@ def write_report(dir: str | os.PathLike) -> Path:
         if not (d / RESULTS_CSV).is_file() and (d / SWEEP_JSON).is_file():
             info = read_json(d / SWEEP_JSON)
             if "***" in str(info.get("storage_url")):
-                raise FitcError(f"{d}: no {RESULTS_CSV} yet and the ledger URL needs its password; "
-                                f"run `fitc sweep collect --storage URL --study "
-                                f"{info.get('study_name')} --out {d}` first")
+                raise FitcError(
+                    f"{d}: no {RESULTS_CSV} yet and the ledger URL needs its password; "
+                    f"run `fitc sweep collect --storage URL --study "
+                    f"{info.get('study_name')} --out {d}` first"
+                )
             collect_results(info["storage_url"], info["study_name"], d)
         if not (d / RESULTS_CSV).is_file():
             raise ArtifactError(
