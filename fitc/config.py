@@ -35,7 +35,7 @@ class RunConfig:
     out: str | None = None  # run directory; None = runs/<model>-<budget>
     # float training
     float_from: str | None = None  # reuse trained float weights (float.pt) instead of training
-    train_epochs: int = 60
+    train_epochs: int | None = None  # None: the model's own default (zoo)
     train_lr: float = 3e-3
     batch_size: int = 64
     # search
@@ -78,9 +78,11 @@ class RunConfig:
             _ = b  # parsed for validation
         if (self.device is None) != (self.fraction is None):
             raise ConfigError("device and fraction go together, e.g. --device xc7z020 --fraction 0.25")
+        if self.train_epochs is not None and self.train_epochs < 1:
+            raise ConfigError(f"train_epochs must be ≥ 1, got {self.train_epochs}")
         if self.fraction is not None and not (0 < self.fraction <= 1):
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
-        for key in ("train_epochs", "batch_size", "finetune_epochs", "reuse_factor", "max_loop_iterations"):
+        for key in ("batch_size", "finetune_epochs", "reuse_factor", "max_loop_iterations"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
         for key in ("weight_bits", "act_bits"):

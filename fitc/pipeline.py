@@ -129,7 +129,7 @@ def train(run: Run) -> None:
             metrics = {"float_from": cfg.float_from}
         else:
             metrics = train_float(
-                model, run.data, epochs=cfg.train_epochs, lr=cfg.train_lr,
+                model, run.data, epochs=cfg.train_epochs or run.spec.train_epochs, lr=cfg.train_lr,
                 batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
             )
         save_torch(run.dir / "float.pt", model.state_dict())
@@ -317,6 +317,22 @@ def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
             break
         stage_fn(run)
     return run
+
+
+def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Per-layer FIT sensitivity of the run's float model (trained first if needed)."""
+    from fitc.fisher import estimate_fisher
+    from fitc.search import sensitivity_table
+    from fitc.space import SearchSpace
+
+    run = open_run(cfg)
+    train(run)
+    fisher = estimate_fisher(
+        run.float_model, torch.from_numpy(run.data.X_train), torch.from_numpy(run.data.y_train),
+        method=cfg.fisher_method, max_batches=cfg.fisher_max_batches, seed=cfg.seed,
+    )
+    space = SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
+    return sensitivity_table(fisher, space)
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:

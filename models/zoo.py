@@ -41,6 +41,7 @@ class ModelSpec:
     default_data: str | None = None
     synthetic: bool = False
     description: str = ""
+    train_epochs: int = 40  # float-training epochs when the user gives none
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_shape)
@@ -153,6 +154,7 @@ MODELS: dict[str, ModelSpec] = {
             synthetic=True,
             description="ResNet-8 (three residual stages, 16/32/64 channels, no batch norm) on "
             "3×32×32; by default on GENERATED data (synthetic-cifar), for scaling measurements",
+            train_epochs=10,
         ),
     )
 }
