@@ -144,6 +144,18 @@ _METRIC_ORDER = (
     "achieved_bops",
 )
 _NESTED = ("equivalence", "emulation", "resources", "loop")
+_CHECK_COLUMNS = (
+    "name",
+    "planned_weight_bits",
+    "exported_weight_bits",
+    "planned_act_bits",
+    "exported_act_bits",
+    "planned_n_nonzero",
+    "exported_n_nonzero",
+    "mask_respected",
+    "ok",
+    "problems",
+)
 
 
 def _run_report(d: Path) -> str:
@@ -285,7 +297,10 @@ def _run_report(d: Path) -> str:
         s.add(table(rows))
         checks = (eq or {}).get("layer_checks", [])
         if checks:
-            s.add("Per-layer checks of the exported graph against the plan:\n", table(checks))
+            wanted = [c for c in _CHECK_COLUMNS if c in checks[0]] or None
+            s.add(
+                "Per-layer checks of the exported graph against the plan:\n", table(checks, wanted)
+            )
     else:
         s.add(_missing("equivalence results", why or "the verify stage has not run"))
 

@@ -37,9 +37,10 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -895,10 +896,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-def _worker_process(storage_url: str, study_name: str, point_fn: str, sweep_dir: str) -> None:
-    run_worker(storage_url, study_name, point_fn=point_fn, sweep_dir=sweep_dir, progress=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # The real point: one pipeline run sharing the float model
 
@@ -1159,8 +1156,8 @@ def run_sweep(
     """Create or resume the sweep, run it with ``workers`` local processes (1: in this process),
     wait until every point is finished, and collect the results.
 
-    With several workers each is a fresh ``spawn`` process, so ``point_fn`` must be importable by
-    name (:func:`dotted_name`). Raises :class:`SweepError` if points are left unfinished because
+    With several workers each is a fresh ``python -m fitc.sweep worker`` process, so ``point_fn``
+    must be importable by name (:func:`dotted_name`). Raises :class:`SweepError` if points are left unfinished because
     every worker died (re-run to resume).
     """
     if workers < 1:
@@ -1192,45 +1189,62 @@ def run_sweep(
 def _run_processes(
     url: str, name: str, point_fn: str, sweep_dir: Path, workers: int, progress: bool
 ) -> None:
+    """Run ``workers`` processes of ``python -m fitc.sweep worker`` and show the ledger's progress.
+
+    Fresh interpreters (not multiprocessing) so that nothing depends on how the parent was
+    started; they get the parent's ``sys.path`` so a point function importable here is there too.
+    """
     from tqdm import tqdm
 
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker_process,
-            args=(url, name, point_fn, str(sweep_dir)),
-            name=f"fitc-sweep-worker-{i}",
-        )
-        for i in range(workers)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in sys.path if p] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "fitc.sweep",
+        "worker",
+        "--storage",
+        url,
+        "--study",
+        name,
+        "--point-fn",
+        point_fn,
+        "--out",
+        str(sweep_dir),
+        "--no-progress",
+        "--quiet",
     ]
-    for p in procs:
-        p.start()
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
     with _quiet_optuna():
         study = _load_study(open_storage(url), name)
     bar = tqdm(desc=f"sweep {name}", unit="point", disable=not progress)
-    try:
-        while any(p.is_alive() for p in procs):
-            with _quiet_optuna():
-                done, total, _ = _progress_counts(study)
-            bar.total, bar.n = total, done
-            bar.refresh()
-            for p in procs:
-                p.join(timeout=1.0 / workers)
+
+    def refresh() -> None:
         with _quiet_optuna():
             done, total, _ = _progress_counts(study)
         bar.total, bar.n = total, done
         bar.refresh()
+
+    try:
+        while any(p.poll() is None for p in procs):
+            refresh()
+            time.sleep(1.0)
+        refresh()
     except BaseException:
-        for p in procs:  # the children got the same SIGINT; give them time to hand points back
-            p.join(timeout=10)
-            if p.is_alive():
+        # On Ctrl-C the workers got the same SIGINT: give them time to hand their points back.
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 p.terminate()
         raise
     finally:
         bar.close()
-    for p in procs:
-        if p.exitcode:
-            log.warning("worker %s exited with code %s", p.name, p.exitcode)
+    for i, p in enumerate(procs):
+        if p.returncode:
+            log.warning("worker %d (pid %d) exited with code %s", i, p.pid, p.returncode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1444,8 +1458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sweep_arguments(p)
     p.add_argument("--out")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if args.action != "worker":
         p.error("only `worker` is available here; use `fitc sweep` for the rest")
     sweep_command(args)

@@ -417,3 +417,32 @@ def test_results_csv_and_pareto_csv(tmp_path, fake):
         got = sorted(r["key"] for r in pareto if r["front"] == front)
         assert got == sorted(r["key"] for r in brute_front(rows, c=front))
     assert result.fronts["lut"][0]["key"] in {r["key"] for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# The real pipeline
+
+
+@pytest.mark.slow
+def test_real_sweep_shares_the_float_model_and_reports(tmp_path):
+    """Two real pipeline points (to fine-tuning, tiny epochs) on two worker processes."""
+    from fitc.report import write_report
+
+    spec = SweepSpec.from_grid(
+        models="digits-mlp",
+        budgets=["size=1/8,1/16"],
+        base={"train_epochs": 3, "finetune_epochs": 1, "until": "finetune"},
+    )
+    sweep = tmp_path / "sweep"
+    result = run_sweep(spec, sweep, workers=2, progress=False)
+    assert result.counts == {"COMPLETE": 2}, [r["error"] for r in result.rows]
+    rows = read_csv(sweep / "results.csv")
+    assert len({r["float_accuracy"] for r in rows}) == 1  # one shared float model
+    assert (sweep / "shared" / "digits-mlp" / "float.pt").is_file()
+    for r in rows:
+        assert 0 < r["accuracy"] <= 1 and 0 < r["size"] <= 1 / 8 + 1e-9
+        assert Path(r["run_dir"]) == sweep / "points" / r["key"]
+        assert (Path(r["run_dir"]) / "plan.json").is_file()
+    assert rows[1]["size"] <= 1 / 16 + 1e-9
+    md = write_report(sweep).read_text()
+    assert "**2 points: 2 complete**" in md and "plots/pareto_bops.png" in md
