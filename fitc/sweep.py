@@ -1400,6 +1400,10 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
         if out and (Path(out) / SWEEP_JSON).is_file() and not (storage and study):
             rec = read_json(Path(out) / SWEEP_JSON)
             storage, study = storage or rec["storage_url"], study or rec["study_name"]
+        if storage and "***" in storage:
+            raise ConfigError(
+                f"the storage URL of {out} is recorded without its password; pass --storage"
+            )
         if not storage or not study:
             raise ConfigError(
                 f"fitc sweep {args.action} needs --storage URL and --study NAME "
@@ -1417,8 +1421,18 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
         return collect_results(storage, study, out)
     if not out:
         raise ConfigError("fitc sweep needs --out DIR (the sweep directory)")
+    grid_given = any(
+        getattr(args, k, None)
+        for k in ("model", "budget", "strategy", "reuse_factor", "set_", "config")
+    )
+    recorded = Path(out) / SWEEP_JSON
+    if not grid_given and recorded.is_file():
+        spec = SweepSpec.from_dict(read_json(recorded)["spec"])  # `fitc sweep --out DIR` resumes
+        log.info("resuming the sweep recorded in %s", recorded)
+    else:
+        spec = spec_from_args(args)
     return run_sweep(
-        spec_from_args(args),
+        spec,
         out,
         workers=args.workers,
         storage=args.storage,

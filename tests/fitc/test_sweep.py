@@ -228,14 +228,18 @@ def test_spec_from_cli_arguments(tmp_path):
 # Ledger
 
 
-def test_two_processes_share_one_storage_without_duplicates(tmp_path, fake):
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_two_processes_share_one_storage_without_duplicates(tmp_path, fake, storage):
     sweep = tmp_path / "sweep"
-    result = run_sweep(SPEC, sweep, workers=2, point_fn=f"{fake}:together", progress=False, **FAST)
+    url = None if storage == "journal" else f"sqlite:///{tmp_path / 'ledger.db'}"
+    result = run_sweep(
+        SPEC, sweep, workers=2, storage=url, point_fn=f"{fake}:together", progress=False, **FAST
+    )
     assert markers(sweep) == {r["key"]: 1 for r in result.rows}
     assert len(pids(sweep)) == 2  # both worker processes ran points
     assert [r["status"] for r in result.rows] == ["COMPLETE"] * 6
     assert len(read_csv(sweep / "results.csv")) == 6
-    study = optuna.load_study(study_name=result.study_name, storage=_journal(sweep))
+    study = optuna.load_study(study_name=result.study_name, storage=url or _journal(sweep))
     assert len(study.trials) == 6  # no empty trials from racing pops
 
 
@@ -446,3 +450,30 @@ def test_real_sweep_shares_the_float_model_and_reports(tmp_path):
     assert rows[1]["size"] <= 1 / 16 + 1e-9
     md = write_report(sweep).read_text()
     assert "**2 points: 2 complete**" in md and "plots/pareto_bops.png" in md
+
+
+def test_cli_resume_collect_and_worker_commands(tmp_path, fake):
+    from fitc.sweep import sweep_command
+
+    p = argparse.ArgumentParser()
+    add_sweep_arguments(p)
+    p.add_argument("--out")
+    p.add_argument("--config")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    out = str(tmp_path / "s")
+    fn = ["--point-fn", f"{fake}:quick", "--no-progress"]
+    first = sweep_command(p.parse_args(["--budget", "size=1/8,1/16", "--out", out, *fn]))
+    assert first.counts == {"COMPLETE": 2}
+    # `fitc sweep --out DIR` with no grid resumes the recorded grid (adds no default point)
+    again = sweep_command(p.parse_args(["--out", out, *fn]))
+    assert [r["key"] for r in again.rows] == [r["key"] for r in first.rows]
+    assert set(markers(Path(out)).values()) == {1}
+    # a grown grid enqueues only the new point; a worker joins by storage URL and study name
+    create_sweep(SweepSpec.from_grid(budgets=["size=1/8,1/16,1/32"]), out)
+    url, name = first.storage_url, first.study_name
+    joined = sweep_command(p.parse_args(["worker", "--storage", url, "--study", name, *fn]))
+    assert joined.counts == {"COMPLETE": 3} and set(markers(Path(out)).values()) == {1}
+    collected = sweep_command(p.parse_args(["collect", "--out", out]))
+    assert len(collected.rows) == 3 and (Path(out) / "pareto.csv").is_file()
+    with pytest.raises(ConfigError, match="--storage URL and --study NAME"):
+        sweep_command(p.parse_args(["worker"]))
