@@ -250,6 +250,7 @@ def lower(
     hls4ml project and must otherwise be empty or absent.
     """
     import hls4ml
+
     from fitc.export import check_fixed_point, load_onnx
 
     qonnx_path, out_dir = Path(qonnx_path), Path(out_dir)

@@ -11,7 +11,7 @@ be bit-exact; the script exits non-zero if it is not.
     python bench/lower_speed.py --io-type io_stream --backend Vivado
 """
 
-from __future__ import annotations  # noqa: I001 (fitc.* resolves as third-party to ruff)
+from __future__ import annotations
 
 import argparse
 import logging

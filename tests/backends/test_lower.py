@@ -16,6 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
+from fitc.artifacts import CompressionPlan, HardwareConfig
 from fitc.backends.hls import (
     INPUT_PRECISION,
     PROJECT_JSON,
@@ -27,9 +30,6 @@ from fitc.backends.hls import (
     lower,
     prepare_qonnx,
 )
-from torch import nn
-
-from fitc.artifacts import CompressionPlan, HardwareConfig
 from fitc.errors import ArtifactError, ConfigError, PrecisionMismatchError
 
 # --------------------------------------------------------------------------------------------
@@ -72,9 +72,8 @@ def _cnn() -> nn.Module:
 
 
 def _make_graph(out_dir: Path, model: nn.Module, input_shape, weight_bits, act_bits) -> Graph:
-    from fitc.export import export_qonnx
-
     from fitc.build import apply_plan, calibrate, magnitude_masks, make_plan
+    from fitc.export import export_qonnx
 
     torch.manual_seed(0)
     model.eval()
@@ -248,6 +247,7 @@ def test_da_workaround_still_needed(mlp, tmp_path):
     in backends/hls.py (lower) and this test.
     """
     import hls4ml
+
     from fitc.backends.da_workaround import (
         distributed_arithmetic_on_qonnx,
         upstream_failure_signature,

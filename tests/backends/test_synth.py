@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fitc.backends.hls import lower
-from fitc.backends.synth import parse_reports, synthesize
 from torch import nn
 
 from fitc.artifacts import HardwareConfig
+from fitc.backends.hls import lower
+from fitc.backends.synth import parse_reports, synthesize
 from fitc.errors import ArtifactError, ToolNotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,9 +30,8 @@ needs_fixtures = pytest.mark.skipif(FIXTURES is None, reason="real Vivado report
 @pytest.fixture(scope="module")
 def project_dir(tmp_path_factory) -> Path:
     """A small lowered (not compiled) hls4ml project."""
-    from fitc.export import export_qonnx
-
     from fitc.build import apply_plan, calibrate, make_plan
+    from fitc.export import export_qonnx
 
     torch.manual_seed(0)
     model = nn.Sequential(
