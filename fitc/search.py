@@ -449,12 +449,59 @@ def search_plan(
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     progress: bool = False,
+    num_threads: int | None = 1,
 ) -> SearchResult:
     """Search a compression plan for ``model`` meeting ``budget`` (see the module docstring).
 
     ``cost`` replaces the built-in size/BOPs cost (its ``kind`` must equal ``budget.kind``).
     ``input_shape`` (no batch dimension) defaults to the one the Fisher was estimated on.
+    ``num_threads``: torch intra-op threads while searching (the search's tensors are small;
+    None leaves torch's setting), restored afterwards.
     """
+    before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _search_plan(
+            model,
+            fisher,
+            budget,
+            space,
+            cost,
+            lam,
+            algorithm,
+            refresh_every,
+            refresh_data,
+            refresh_batches,
+            refresh_batch_size,
+            max_expansions,
+            model_name,
+            input_shape,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def _search_plan(
+    model,
+    fisher,
+    budget,
+    space,
+    cost,
+    lam,
+    algorithm,
+    refresh_every,
+    refresh_data,
+    refresh_batches,
+    refresh_batch_size,
+    max_expansions,
+    model_name,
+    input_shape,
+    seed,
+    progress,
+) -> SearchResult:
     t0 = time.perf_counter()
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"search algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
