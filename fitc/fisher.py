@@ -305,7 +305,13 @@ class _GradEngine:
         base.update({k: v.detach() for k, v in model.named_buffers()})
         for n in self.names:
             if weights is not None and n in weights:
-                base[self.wkeys[n]] = weights[n].detach().to(base[self.wkeys[n]].dtype)
+                old = base[self.wkeys[n]]
+                if tuple(weights[n].shape) != tuple(old.shape):
+                    raise ConfigError(
+                        f"Fisher weights[{n!r}] has shape {tuple(weights[n].shape)}, the layer's "
+                        f"weight has {tuple(old.shape)}"
+                    )
+                base[self.wkeys[n]] = weights[n].detach().to(old.dtype)
         self.weights = {n: base.pop(self.wkeys[n]) for n in self.names}
         self.dtype = next(iter(self.weights.values())).dtype
         self.others = base

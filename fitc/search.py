@@ -61,6 +61,7 @@ __all__ = [
 
 ALGORITHMS = ("greedy", "astar")
 DEFAULT_SPACE = SearchSpace()
+_THETA_CACHE_NUMEL = 16_000_000  # simulated weights kept for reuse (64 MB of float32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,6 +199,7 @@ class _Planner:
             self._new_mask(torch.ones(w.numel(), dtype=torch.bool)) for w in self.w
         )
         self._theta: dict[tuple[int, int, int], tuple[torch.Tensor, int]] = {}
+        self._theta_numel = 0
         self._prune_cache: dict[tuple, tuple[int, ...]] = {}
 
     # -- state pieces ----------------------------------------------------------------------
@@ -223,11 +225,13 @@ class _Planner:
         key = (li, tok, bits)
         hit = self._theta.get(key)
         if hit is None:
-            if len(self._theta) > 50_000:
+            if self._theta_numel > _THETA_CACHE_NUMEL:
                 self._theta.clear()
+                self._theta_numel = 0
             q = quantize_weight(self.w[li] * self.mask_store[tok], bits)
             hit = (q, int(torch.count_nonzero(q)))
             self._theta[key] = hit
+            self._theta_numel += q.numel()
         return hit
 
     def wbits(self, idx: int) -> int:
@@ -398,9 +402,9 @@ class _Planner:
 
     def weights_of(self, node: _Node) -> dict[str, torch.Tensor]:
         return {
-            self.names[li]: self.theta(li, node.masks[li], self.wbits(node.wb[li]))[0].reshape(
-                self.shapes[li]
-            )
+            self.names[li]: self.theta(li, node.masks[li], self.wbits(node.wb[li]))[0]
+            .reshape(self.shapes[li])
+            .clone()
             for li in range(self.L)
         }
 
@@ -444,7 +448,7 @@ def search_plan(
     refresh_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     refresh_batches: int = 2,
     refresh_batch_size: int = 128,
-    max_expansions: int = 5000,
+    max_expansions: int = 2000,
     model_name: str = "",
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,

@@ -14,6 +14,7 @@ from torch import nn
 from fitc.errors import ConfigError, DataError, UnsupportedLayerError
 from fitc.fisher import Fisher, compressible_layers, estimate_fisher, trace_layers
 from fitc.models import build_model, get_spec, load_data
+from fitc.rundir import load_torch, save_torch
 
 N = 96
 BATCH = 32
@@ -114,7 +115,7 @@ def test_batch_approximation_equals_its_definition():
         assert fisher.act_trace[n] == pytest.approx(exact.act_trace[n], rel=1e-5)
 
 
-def test_ranges_weights_override_and_state_roundtrip():
+def test_ranges_weights_override_and_state_roundtrip(tmp_path):
     model, X, y = _digits("digits-mlp")
     fisher = estimate_fisher(model, X, y, batch_size=BATCH, max_batches=2, min_batches=2)
     w = model.fc2.weight
@@ -136,10 +137,15 @@ def test_ranges_weights_override_and_state_roundtrip():
     for n in ref.layers:
         assert torch.allclose(got.weight[n], ref.weight[n], rtol=1e-6, atol=0)
     assert torch.equal(model.fc2.weight, w)
-    again = Fisher.from_state(fisher.to_state())
+    save_torch(tmp_path / "fisher.pt", fisher.to_state())
+    again = Fisher.from_state(load_torch(tmp_path / "fisher.pt"))  # weights_only load
     assert again.layers == fisher.layers and again.act_trace == fisher.act_trace
+    assert all(torch.equal(again.weight[n], fisher.weight[n]) for n in fisher.layers)
+    assert again.input_shape == (64,) and again.n_samples == fisher.n_samples
     with pytest.raises(ConfigError, match="unknown layers"):
         estimate_fisher(model, X, y, weights={"nope": w})
+    with pytest.raises(ConfigError, match="shape"):
+        estimate_fisher(model, X, y, weights={"fc2": w.T})
 
 
 def test_stops_when_converged_or_at_max_batches():
