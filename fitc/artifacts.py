@@ -60,13 +60,15 @@ class _Json:
 # Budgets
 
 
-BUDGET_KINDS = ("size", "bops", "lut", "ff", "dsp", "bram", "latency")
+BUDGET_KINDS = ("size", "bops", "lut", "ff", "dsp", "bram", "latency", "combined")
+HARDWARE_KINDS = ("lut", "ff", "dsp", "bram", "latency")
 
 
 @dataclass(frozen=True)
 class Budget(_Json):
     """A limit on one cost. ``size`` and ``bops`` are fractions of the float model (0 < limit ≤ 1);
-    hardware kinds are absolute (LUT count, DSP count, FF count, BRAM_18K count, latency in cycles)."""
+    hardware kinds are absolute (LUT count, DSP count, FF count, BRAM_18K count, latency in cycles).
+    ``combined`` limits the worst ratio cost/limit over several budgets (limit 1: all are met)."""
 
     kind: str
     limit: float
@@ -308,6 +310,7 @@ __all__ = [
     "Budget",
     "CompressionPlan",
     "EquivalenceReport",
+    "HARDWARE_KINDS",
     "HardwareConfig",
     "HopReport",
     "LayerPlan",

@@ -147,6 +147,21 @@ def cmd_stage(stage: str):
     return cmd
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from fitc.backends.synth import synthesize
+    from fitc.pipeline import open_run
+
+    run = open_run(_config(args, Path(args.dir)))
+    report = synthesize(run.dir / "hls4ml", run.hardware)
+    from fitc.rundir import write_json
+
+    write_json(run.dir / "resources_synth.json", report.to_dict())
+    print(f"{report.source}: LUT {report.lut:.0f}, FF {report.ff:.0f}, DSP {report.dsp:.0f}, "
+          f"BRAM_18K {report.bram_18k:.0f}, latency {report.latency_cycles:.0f} cycles "
+          f"({report.latency_ns:.1f} ns) → {run.dir / 'resources_synth.json'}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.onnx is None:
         if args.dir is None:
@@ -202,7 +217,7 @@ def _print_summary(run) -> None:
     from fitc.pipeline import summary_rows
 
     m = run.dir.metrics
-    if "plan.json" in str(list(run.dir.stages.get("search", {}).get("outputs", []))):
+    if (run.dir / "plan.json").is_file():
         _print_table(summary_rows(run))
     keys = [
         ("float_test_accuracy", "float accuracy"),
@@ -212,11 +227,28 @@ def _print_summary(run) -> None:
         ("planned_cost", "planned cost"),
         ("achieved_size", "achieved size"),
         ("achieved_bops", "achieved BOPs"),
+        ("hls_compile_time_s", "hls4ml compile time [s]"),
     ]
     print()
     for key, label in keys:
         if key in m:
             print(f"{label:>28}: {_fmt(m[key])}")
+    if "equivalence" in m:
+        hops = m["equivalence"]["hops"]
+        ok = all(h["max_abs_diff"] == 0 and h["identical_rows"] == 1 for h in hops)
+        print(f"{'Brevitas ≡ qonnx ≡ ORT':>28}: {'bit-exact' if ok else 'DIFFERENT'}")
+    if "emulation" in m:
+        e = m["emulation"]
+        ok = e["max_abs_diff"] == 0 and e["identical_rows"] == 1
+        print(f"{'hls4ml emulation ≡ qonnx':>28}: {'bit-exact' if ok else 'DIFFERENT'}")
+    if "resources" in m:
+        r = m["resources"]
+        print(f"{'resources (' + r['source'] + ')':>28}: LUT {r['lut']:.0f}, FF {r['ff']:.0f}, "
+              f"DSP {r['dsp']:.0f}, BRAM_18K {r['bram_18k']:.0f}, latency {r['latency_cycles']:.0f} cycles")
+    if "loop" in m:
+        lp = m["loop"]
+        print(f"{'closed loop':>28}: {lp['iterations']} iteration(s), {lp['stop_reason']}, "
+              f"{'fits' if lp['fits'] else 'DOES NOT FIT'} {lp['targets']}")
     print(f"{'run directory':>28}: {run.dir.path}")
 
 
@@ -246,14 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole pipeline: train → search → fine-tune → export → verify → lower")
     _model_args(p), _search_args(p), _finetune_args(p), _hw_args(p), _common(p)
-    p.add_argument("--until", choices=("train", "search", "finetune", "export", "lower"),
-                   help="stop after this stage (default lower)")
+    p.add_argument("--until", choices=("train", "search", "finetune", "export", "lower", "estimate"),
+                   help="stop after this stage (default estimate: the whole pipeline)")
+    p.add_argument("--resource-model", choices=("analytical", "da4ml"),
+                   help="accurate resource model for the estimate and the loop (default da4ml)")
+    p.add_argument("--max-loop-iterations", type=int,
+                   help="closed loop (hardware budgets): iterations at most (default 4)")
     p.set_defaults(func=cmd_run)
 
     for name, stage, helptext in (
         ("export", "export", "export a run's fine-tuned model to QONNX (+ QCDQ twin)"),
         ("verify", "verify", "check Brevitas ≡ qonnx ≡ onnxruntime bit for bit on the test set"),
         ("lower", "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation"),
+        ("estimate", "estimate", "estimate a run's FPGA resources (LUT, FF, DSP, BRAM, latency)"),
     ):
         p = sub.add_parser(name, help=helptext)
         if name == "verify":
@@ -267,8 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("dir", help="run directory")
         if name == "lower":
             _hw_args(p)
+        if name == "estimate":
+            p.add_argument("--model", dest="resource_model", choices=("analytical", "da4ml", "report"),
+                           help="resource model: analytical (fast), da4ml (adder graphs, default), "
+                           "report (vendor synthesis reports in DIR/hls4ml)")
         _common(p)
         p.set_defaults(func=cmd_verify if name == "verify" else cmd_stage(stage))
+    p = sub.add_parser("synth", help="synthesize a run's hls4ml project with Vitis/Vivado HLS (if installed)")
+    p.add_argument("dir", help="run directory")
+    _common(p)
+    p.set_defaults(func=cmd_synth)
     return parser
 
 

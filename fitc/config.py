@@ -39,7 +39,7 @@ class RunConfig:
     train_lr: float = 3e-3
     batch_size: int = 64
     # search
-    budget: tuple[str, ...] = ("size=1/16",)
+    budget: tuple[str, ...] = ()  # none and no device: size=1/16
     device: str | None = None  # device preset (e.g. xc7z020); with `fraction` → hardware budgets
     fraction: float | None = None
     weight_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
@@ -57,7 +57,7 @@ class RunConfig:
     schedule: str = "cosine"
     # hardware
     backend: str = "Vitis"
-    part: str = "xc7z020clg400-1"
+    part: str | None = None  # None: the device's part, else xc7z020clg400-1
     clock_ns: float = 5.0
     io_type: str = "io_parallel"
     strategy: str = "Latency"
@@ -65,7 +65,7 @@ class RunConfig:
     resource_model: str = "da4ml"  # the accurate model the loop checks against
     max_loop_iterations: int = 4
     # how far `fitc run` goes
-    until: str = "lower"
+    until: str = "estimate"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -97,7 +97,7 @@ class RunConfig:
 
     def hardware(self) -> HardwareConfig:
         return HardwareConfig(
-            part=self.part,
+            part=self.part or "xc7z020clg400-1",
             clock_period_ns=float(self.clock_ns),
             backend=self.backend,
             io_type=self.io_type,
@@ -108,9 +108,10 @@ class RunConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        slug = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", b) for b in self.budget)
+        parts = [re.sub(r"[^A-Za-z0-9.]+", "-", b) for b in self.budget]
         if self.device:
-            slug += f"_{self.device}-{self.fraction:g}"
+            parts.append(f"{self.device}-{self.fraction:g}")
+        slug = "_".join(parts) or "size-1-16"
         return Path("runs") / f"{self.model}_{slug}"
 
     def replace(self, **overrides: Any) -> RunConfig:
@@ -131,7 +132,7 @@ _CHOICES = {
     "optimizer": ("adam", "sgd"),
     "schedule": ("cosine", "none"),
     "until": ("train", "search", "finetune", "export", "lower", "estimate"),
-    "resource_model": ("analytical", "da4ml"),
+    "resource_model": ("analytical", "da4ml", "report"),
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

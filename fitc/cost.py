@@ -19,7 +19,15 @@ from typing import Protocol, runtime_checkable
 from fitc.artifacts import Budget, LayerPlan
 from fitc.errors import ConfigError
 
-__all__ = ["BopsCost", "CostModel", "SizeCost", "cost_for", "layer_bops", "layer_size_bits"]
+__all__ = [
+    "BopsCost",
+    "CostModel",
+    "MaxRatioCost",
+    "SizeCost",
+    "cost_for",
+    "layer_bops",
+    "layer_size_bits",
+]
 
 FLOAT_BITS = 32
 
@@ -94,3 +102,34 @@ def cost_for(budget: Budget) -> CostModel:
         f"budget kind {budget.kind!r} has no built-in cost model in the search; pass a hardware "
         f"cost model to search_plan(..., cost=...) or use a size or bops budget"
     )
+
+
+class MaxRatioCost:
+    """Several budgets as one: the worst ``cost_k(layers) / limit_k`` (kind ``combined``).
+
+    A plan meets every budget exactly when this cost is ≤ 1, so the search takes it with
+    ``Budget("combined", 1.0)``. A zero limit (``dsp=0``) gives 0 when the cost is 0, else +inf.
+    """
+
+    kind = "combined"
+
+    def __init__(self, parts: Sequence[tuple[CostModel, float]]) -> None:
+        if not parts:
+            raise ConfigError("MaxRatioCost needs at least one (cost model, limit) pair")
+        self.parts = list(parts)
+
+    def ratios(self, layers: Sequence[LayerPlan]) -> dict[str, float]:
+        out = {}
+        for cost, limit in self.parts:
+            value = cost(layers)
+            if limit > 0:
+                out[cost.kind] = value / limit
+            else:
+                out[cost.kind] = 0.0 if value <= 0 else math.inf
+        return out
+
+    def __call__(self, layers: Sequence[LayerPlan]) -> float:
+        return max(self.ratios(layers).values())
+
+    def __repr__(self) -> str:
+        return "MaxRatioCost(" + ", ".join(f"{c.kind}≤{lim:g}" for c, lim in self.parts) + ")"

@@ -1,4 +1,11 @@
-"""The fitc pipeline, top to bottom: train → search → fine-tune → export → verify → lower → estimate.
+"""The fitc pipeline, top to bottom.
+
+    train → search → fine-tune → export → verify → lower → estimate
+
+With a hardware budget (``--budget lut=…``, ``--device xc7z020 --fraction 0.25``) search and
+fine-tune become the closed loop: search against the fast (analytical) resource model, build and
+fine-tune, measure with the accurate model (da4ml), recalibrate or tighten, repeat until the design
+fits (see :mod:`fitc.loop`).
 
 Each stage is a plain function of a :class:`Run` (the config, the run directory and the objects
 built so far). ``RunDir.run_stage`` skips a stage whose inputs did not change since it last finished
@@ -10,8 +17,9 @@ Artifacts in the run directory:
   plan.json, masks.pt the searched compression plan and its pruning masks
   model.pt            fine-tuned Brevitas weights + masks
   model.qonnx.onnx    the QONNX graph; model.qcdq.onnx its onnxruntime twin (≤ 8 bits)
-  hls4ml/             the hls4ml project and its C++ emulation
-  resources.json      the resource report; loop.json the closed loop's iterations
+  equivalence.json    Brevitas ≡ qonnx ≡ onnxruntime, per hop and per layer
+  hls4ml/             the hls4ml project and its C++ emulation (hls4ml.json: precisions, check)
+  resources.json      the accurate resource report; loop.json the closed loop's iterations
   run.json            config, versions, stages with wall times, metrics
 """
 
@@ -19,22 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fitc.artifacts import CompressionPlan
+from fitc.artifacts import HARDWARE_KINDS, Budget, CompressionPlan, HardwareConfig, ResourceReport
 from fitc.config import RunConfig
-from fitc.errors import ArtifactError
+from fitc.errors import ArtifactError, BudgetInfeasibleError, EquivalenceError
 from fitc.rundir import RunDir, fingerprint, load_torch, read_json, save_torch, write_json
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "search", "finetune", "export", "verify", "lower", "estimate")
+DEFAULT_BUDGET = "size=1/16"
+PLAN_FILES = ("plan.json", "masks.pt", "model.pt")
 
 
 @dataclass
@@ -43,7 +54,8 @@ class Run:
 
     cfg: RunConfig
     dir: RunDir
-    fps: dict[str, str] = field(default_factory=dict)
+    last_fp: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
     # ---- inputs -------------------------------------------------------------------------------
     @cached_property
@@ -58,6 +70,31 @@ class Run:
 
         return load_data(self.spec, self.cfg.data, seed=self.cfg.seed)
 
+    @cached_property
+    def targets(self) -> dict[str, float]:
+        """Every budget the design must meet, kind → limit (device fractions expanded)."""
+        budgets = self.cfg.budgets()
+        if self.cfg.device:
+            from fitc.backends.devices import device_budgets
+
+            budgets += device_budgets(self.cfg.device, self.cfg.fraction)
+        if not budgets:
+            budgets = [Budget.parse(DEFAULT_BUDGET)]
+        return {b.kind: b.limit for b in budgets}
+
+    @property
+    def hardware_budget(self) -> bool:
+        return any(kind in HARDWARE_KINDS for kind in self.targets)
+
+    @cached_property
+    def hardware(self) -> HardwareConfig:
+        hw = self.cfg.hardware()
+        if self.cfg.device and self.cfg.part is None:
+            from fitc.backends.devices import get_device
+
+            hw = dataclasses.replace(hw, part=get_device(self.cfg.device).part)
+        return hw
+
     def data_fingerprint(self) -> Any:
         d = self.cfg.data
         return Path(d) if d and Path(d).is_file() else d
@@ -70,6 +107,17 @@ class Run:
         model = build_model(self.cfg.model, seed=self.cfg.seed)
         model.load_state_dict(load_torch(self.dir / "float.pt"))
         return model.eval()
+
+    @cached_property
+    def fisher(self):
+        from fitc.fisher import estimate_fisher
+
+        cfg = self.cfg
+        return estimate_fisher(
+            self.float_model, torch.from_numpy(self.data.X_train), torch.from_numpy(self.data.y_train),
+            method=cfg.fisher_method, max_batches=cfg.fisher_max_batches, seed=cfg.seed,
+            progress=cfg.progress,
+        )
 
     @cached_property
     def plan(self) -> CompressionPlan:
@@ -97,19 +145,54 @@ class Run:
             qcdq_path=str(self.dir / Path(graph.qcdq_path).name) if graph.qcdq_path else None,
         )
 
+    def forget(self, *names: str) -> None:
+        """Drop cached stage results so they are loaded again from the run directory."""
+        for name in names:
+            self.__dict__.pop(name, None)
+
     def stage(self, name: str, inputs: tuple, outputs: list[str], fn) -> bool:
         """Run stage ``name`` unless done; its fingerprint chains the previous stage's."""
-        prev = STAGES[STAGES.index(name) - 1] if STAGES.index(name) else None
-        fp = fingerprint(name, self.fps.get(prev, ""), *inputs)
-        self.fps[name] = fp
+        fp = fingerprint(name, self.last_fp, *inputs)
+        self.last_fp = fp
         return self.dir.run_stage(name, fp, outputs, fn)
 
 
 def open_run(cfg: RunConfig) -> Run:
-    """Validate the model and data first, so bad input leaves no run directory behind."""
+    """Validate the model, data and budgets first, so bad input leaves no run directory behind."""
     run = Run(cfg, dir=None)  # type: ignore[arg-type]
-    _ = run.spec, run.data
+    _ = run.spec, run.data, run.targets, run.hardware
     run.dir = RunDir(cfg.run_dir(), config=cfg.to_dict())
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
+    """Run the pipeline up to and including stage ``until`` (default: the config's).
+
+    ``until="export"`` includes the verification: an exported graph is never left unchecked.
+    """
+    until = until or cfg.until
+    last = STAGES.index("verify" if until == "export" else until)
+    run = open_run(cfg)
+
+    train(run)
+    if last >= STAGES.index("search"):
+        if run.hardware_budget and last >= STAGES.index("finetune"):
+            closed_loop(run)
+        else:
+            search(run)
+            if last >= STAGES.index("finetune"):
+                finetune(run)
+    if last >= STAGES.index("verify"):
+        export(run)
+        verify(run)
+    if last >= STAGES.index("lower"):
+        lower(run)
+    if last >= STAGES.index("estimate"):
+        estimate(run)
     return run
 
 
@@ -126,7 +209,7 @@ def train(run: Run) -> None:
         model = build_model(cfg.model, seed=cfg.seed)
         if cfg.float_from:  # shared float model (sweeps): reuse, do not retrain
             model.load_state_dict(load_torch(cfg.float_from))
-            metrics = {"float_from": cfg.float_from}
+            metrics: dict[str, Any] = {"float_from": cfg.float_from}
         else:
             metrics = train_float(
                 model, run.data, epochs=cfg.train_epochs or run.spec.train_epochs, lr=cfg.train_lr,
@@ -146,99 +229,109 @@ def train(run: Run) -> None:
     )
 
 
-def search(run: Run, budgets=None) -> None:
-    from fitc.cost import cost_for
-    from fitc.fisher import estimate_fisher
-    from fitc.search import search_plan
-    from fitc.space import SearchSpace
+def _search_inputs(run: Run) -> tuple:
+    c = run.cfg
+    return (run.targets, c.weight_bits, c.act_bits, c.per_layer_prune, c.fisher_method,
+            c.fisher_max_batches, c.algorithm, c.lam, c.refresh_every)
 
-    cfg = run.cfg
-    budgets = budgets or cfg.budgets()
 
+def search(run: Run) -> None:
     def fn() -> dict:
-        X = torch.from_numpy(run.data.X_train)
-        y = torch.from_numpy(run.data.y_train)
-        fisher = estimate_fisher(
-            run.float_model, X, y, method=cfg.fisher_method, max_batches=cfg.fisher_max_batches,
-            seed=cfg.seed, progress=cfg.progress,
-        )
-        space = SearchSpace(
-            weight_bits=cfg.weight_bits, act_bits=cfg.act_bits, per_layer_prune=cfg.per_layer_prune
-        )
-        budget = budgets[0]
-        result = search_plan(
-            run.float_model, fisher, budget, space, cost=cost_for(budget), lam=cfg.lam,
-            algorithm=cfg.algorithm, refresh_every=cfg.refresh_every, refresh_data=(X, y),
-            model_name=cfg.model, input_shape=run.spec.input_shape, seed=cfg.seed,
-            progress=cfg.progress,
-        )
-        write_json(run.dir / "plan.json", result.plan.to_dict())
-        save_torch(run.dir / "masks.pt", result.masks)
-        run.__dict__["plan"], run.__dict__["masks"] = result.plan, result.masks
+        budget, cost = search_cost(run.targets, run.hardware)
+        plan = _search_once(run, budget, cost, run.dir.path)
         return {
-            "budget": str(budget),
-            "planned_cost": result.plan.achieved_cost,
-            "predicted_fit": result.plan.predicted_fit,
-            "fisher_time_s": result.plan.fisher_time_s,
-            "search_time_s": result.plan.search_time_s,
+            "budget": str(budget) if budget.kind != "combined" else run.targets,
+            "planned_cost": plan.achieved_cost,
+            "predicted_fit": plan.predicted_fit,
+            "fisher_time_s": plan.fisher_time_s,
+            "search_time_s": plan.search_time_s,
         }
 
-    run.stage(
-        "search",
-        ([str(b) for b in budgets], cfg.weight_bits, cfg.act_bits, cfg.per_layer_prune,
-         cfg.fisher_method, cfg.fisher_max_batches, cfg.algorithm, cfg.lam, cfg.refresh_every),
-        ["plan.json", "masks.pt"],
-        fn,
-    )
+    run.stage("search", _search_inputs(run), ["plan.json", "masks.pt"], fn)
+
+
+def _finetune_inputs(run: Run) -> tuple:
+    c = run.cfg
+    return (c.finetune_epochs, c.finetune_lr, c.optimizer, c.schedule, c.batch_size)
 
 
 def finetune(run: Run) -> None:
-    from fitc.build import apply_plan, calibrate, measure_layers, save_quant_model
-    from fitc.build import finetune as finetune_model
-    from fitc.cost import BopsCost, SizeCost
-    from fitc.models import evaluate
-
-    cfg, data = run.cfg, run.data
-
-    def fn() -> dict:
-        qmodel = apply_plan(run.float_model, run.plan, run.masks)
-        calibrate(qmodel, torch.from_numpy(data.X_train))
-        built_acc = evaluate(qmodel, data.X_test, data.y_test)
-        metrics = finetune_model(
-            qmodel, run.masks, data, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-            optimizer=cfg.optimizer, schedule=cfg.schedule, batch_size=cfg.batch_size,
-            seed=cfg.seed, progress=cfg.progress,
-        )
-        qmodel.eval()
-        measured = measure_layers(qmodel, run.plan)
-        _check_measured(run.plan, measured)
-        save_quant_model(run.dir / "model.pt", qmodel, run.masks)
-        run.__dict__["qmodel"] = qmodel
-        return {
-            **metrics,
-            "built_test_accuracy": built_acc,
-            "finetuned_test_accuracy": evaluate(qmodel, data.X_test, data.y_test),
-            "achieved_size": SizeCost()(measured),
-            "achieved_bops": BopsCost()(measured),
-        }
-
     run.stage(
-        "finetune",
-        (cfg.finetune_epochs, cfg.finetune_lr, cfg.optimizer, cfg.schedule, cfg.batch_size),
-        ["model.pt"],
-        fn,
+        "finetune", _finetune_inputs(run), ["model.pt"],
+        lambda: _finetune_once(run, run.plan, run.masks, run.dir.path),
     )
 
 
-def _check_measured(plan: CompressionPlan, measured) -> None:
-    """The built model must be the plan: same bits, same non-zero counts, layer by layer."""
-    for lp, m in zip(plan.layers, measured, strict=True):
-        for key in ("weight_bits", "act_bits", "n_nonzero"):
-            if getattr(lp, key) != getattr(m, key):
-                raise ArtifactError(
-                    f"layer {lp.name}: built model has {key}={getattr(m, key)}, plan says "
-                    f"{getattr(lp, key)}"
-                )
+def closed_loop(run: Run) -> None:
+    """Search and fine-tune until the accurate resource estimate meets the hardware budget."""
+    from fitc.loop import next_step, overshoot
+
+    cfg, hw, targets = run.cfg, run.hardware, run.targets
+
+    def fn() -> dict:
+        history, calibration = [], {}
+        decision = next_step([], targets)
+        while True:
+            k = len(history) + 1
+            t0 = time.perf_counter()
+            budget, cost = search_cost(decision.limits, hw, calibration)
+            it_dir = run.dir / "loop" / f"iter{k}"
+            try:
+                plan = _search_once(run, budget, cost, it_dir)
+            except BudgetInfeasibleError:
+                if not history:
+                    raise
+                log.info("loop: tightened budget %s cannot be reached; stopping", decision.limits)
+                reason = "infeasible"
+                break
+            metrics = _finetune_once(run, plan, run.masks, it_dir)
+            accurate = measure_resources(run, plan, run.qmodel)
+            history.append(_loop_iteration(k, decision, calibration, plan, hw, accurate,
+                                           metrics["finetuned_test_accuracy"], time.perf_counter() - t0))
+            log.info("loop iteration %d: accurate %s vs targets %s (overshoot %.3f)", k,
+                     history[-1].accurate, targets, overshoot(history[-1].accurate, targets))
+            decision = next_step(history, targets, max_iterations=cfg.max_loop_iterations)
+            if decision.stop:
+                reason = decision.reason
+                break
+            calibration = decision.calibration
+
+        fitting = [h for h in history if overshoot(h.accurate, targets) <= 1.0]
+        best = (max(fitting, key=lambda h: h.accuracy) if fitting
+                else min(history, key=lambda h: overshoot(h.accurate, targets)))
+        for name in PLAN_FILES:
+            shutil.copy2(run.dir / "loop" / f"iter{best.iteration}" / name, run.dir / f".{name}.tmp")
+            (run.dir / f".{name}.tmp").replace(run.dir / name)
+        run.forget("plan", "masks", "qmodel")
+        summary = {
+            "targets": targets,
+            "iterations": len(history),
+            "stop_reason": reason,
+            "chosen_iteration": best.iteration,
+            "fits": bool(fitting),
+            "accurate": best.accurate,
+            "accuracy": best.accuracy,
+        }
+        write_json(run.dir / "loop.json", {**summary, "history": [h.to_dict() for h in history]})
+        if not fitting:
+            log.warning("no design met %s after %d iterations (%s); keeping the closest, "
+                        "iteration %d: %s", targets, len(history), reason, best.iteration, best.accurate)
+        plan = run.plan
+        return {
+            "loop": summary,
+            "budget": targets,
+            "planned_cost": plan.achieved_cost,
+            "predicted_fit": plan.predicted_fit,
+            "finetuned_test_accuracy": best.accuracy,
+            **_size_metrics(run.qmodel, plan),
+        }
+
+    run.stage(
+        "loop",
+        (*_search_inputs(run), *_finetune_inputs(run), hw.to_dict(), cfg.max_loop_iterations),
+        [*PLAN_FILES, "loop.json"],
+        fn,
+    )
 
 
 def export(run: Run) -> None:
@@ -247,7 +340,7 @@ def export(run: Run) -> None:
     def fn() -> dict:
         exported = export_qonnx(run.qmodel, run.spec.input_shape, run.dir.path, plan=run.plan)
         write_json(run.dir / "export.json", exported.to_dict())
-        run.__dict__["exported"] = exported
+        run.forget("exported")
         return {"qcdq_skipped_reason": exported.qcdq_skipped_reason}
 
     run.stage("export", (), ["model.qonnx.onnx", "export.json"], fn)
@@ -271,68 +364,189 @@ def lower(run: Run) -> None:
     from fitc.backends.hls import emulation_check
     from fitc.backends.hls import lower as lower_graph
 
-    hw = run.cfg.hardware()
+    hw = run.hardware
 
     def fn() -> dict:
-        project = lower_graph(
-            Path(run.exported.qonnx_path), run.dir / "hls4ml", hw, plan=run.plan,
-            layer_map=run.exported.layer_map,
-        )
-        hop = emulation_check(project, Path(run.exported.qonnx_path), run.data.X_test, run.data.y_test)
+        qonnx_path = Path(run.exported.qonnx_path)
+        project = lower_graph(qonnx_path, run.dir / "hls4ml", hw, plan=run.plan,
+                              layer_map=run.exported.layer_map)
+        hop = emulation_check(project, qonnx_path, run.data.X_test, run.data.y_test)
         write_json(run.dir / "hls4ml.json", {"project": project.to_dict(), "emulation": hop.to_dict()})
         if not hop.exact:
-            from fitc.errors import EquivalenceError
-
             raise EquivalenceError(
-                f"hls4ml emulation differs from the QONNX graph: max |diff| {hop.max_abs_diff}, "
-                f"identical rows {hop.identical_rows:.3f}"
+                f"hls4ml emulation differs from the QONNX graph {qonnx_path}: max |diff| "
+                f"{hop.max_abs_diff}, identical rows {hop.identical_rows:.3f}"
             )
         return {"emulation": hop.to_dict(), "hls_compile_time_s": project.compile_time_s}
 
     run.stage("lower", (hw.to_dict(),), ["hls4ml.json"], fn)
 
 
+def estimate(run: Run, model: str | None = None) -> ResourceReport:
+    """Resources of the final design by the accurate model (and the fast one, for comparison)."""
+    from fitc.backends.resources import AnalyticalModel
+
+    name = model or run.cfg.resource_model
+
+    def fn() -> dict:
+        report = measure_resources(run, run.plan, run.qmodel, name)
+        write_json(run.dir / "resources.json", report.to_dict())
+        fast = AnalyticalModel().estimate(run.plan, run.hardware)
+        return {"resources": report.to_dict(), "resources_analytical": _totals(fast),
+                "fits": _fits(report, run.targets)}
+
+    run.stage("estimate", (name, run.hardware.to_dict()), ["resources.json"], fn)
+    return ResourceReport.from_dict(read_json(run.dir / "resources.json"))
+
+
 # ---------------------------------------------------------------------------------------------
-# The driver
+# What the stages share
 
 
-def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
-    """Run the pipeline up to and including stage ``until`` (default: the config's).
+def search_cost(limits: dict[str, float], hw: HardwareConfig, calibration: dict | None = None):
+    """The search's budget and cost model: one budget directly, several as their worst ratio."""
+    from fitc.cost import MaxRatioCost, cost_for
 
-    ``until="export"`` includes the verification: an exported graph is never left unchecked.
-    """
-    until = until or cfg.until
-    if until == "export":
-        until = "verify"
-    run = open_run(cfg)
-    train(run)
-    for name, stage_fn in (
-        ("search", search),
-        ("finetune", finetune),
-        ("export", export),
-        ("verify", verify),
-        ("lower", lower),
-    ):
-        if STAGES.index(name) > STAGES.index(until):
-            break
-        stage_fn(run)
-    return run
+    def one(kind: str):
+        if kind in HARDWARE_KINDS:
+            from fitc.backends.resources import AnalyticalModel, LutCost
+
+            return LutCost(AnalyticalModel().calibrated(calibration or {}), hw, kind)
+        return cost_for(Budget(kind, limits[kind]))
+
+    if len(limits) == 1:
+        (kind, limit), = limits.items()
+        return Budget(kind, limit), one(kind)
+    return Budget("combined", 1.0), MaxRatioCost([(one(k), lim) for k, lim in limits.items()])
+
+
+def _search_once(run: Run, budget: Budget, cost, dest: Path) -> CompressionPlan:
+    """Search a plan against ``cost`` ≤ ``budget``; write plan.json and masks.pt into ``dest``."""
+    from fitc.search import search_plan
+    from fitc.space import SearchSpace
+
+    cfg = run.cfg
+    space = SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
+                        per_layer_prune=cfg.per_layer_prune)
+    X, y = torch.from_numpy(run.data.X_train), torch.from_numpy(run.data.y_train)
+    result = search_plan(
+        run.float_model, run.fisher, budget, space, cost=cost, lam=cfg.lam,
+        algorithm=cfg.algorithm, refresh_every=cfg.refresh_every, refresh_data=(X, y),
+        model_name=cfg.model, input_shape=run.spec.input_shape, seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    write_json(dest / "plan.json", result.plan.to_dict())
+    save_torch(dest / "masks.pt", result.masks)
+    run.__dict__["plan"], run.__dict__["masks"] = result.plan, result.masks
+    return result.plan
+
+
+def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> dict[str, Any]:
+    """Build the plan with Brevitas, calibrate, fine-tune; write model.pt into ``dest``."""
+    from fitc.build import apply_plan, calibrate, measure_layers, save_quant_model
+    from fitc.finetune import finetune as finetune_model
+    from fitc.models import evaluate
+
+    cfg, data = run.cfg, run.data
+    qmodel = apply_plan(run.float_model, plan, masks)
+    _check_measured(plan, measure_layers(qmodel, plan))
+    calibrate(qmodel, torch.from_numpy(data.X_train))
+    built_acc = evaluate(qmodel, data.X_test, data.y_test)
+    metrics = finetune_model(
+        qmodel, masks, data, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+        optimizer=cfg.optimizer, schedule=cfg.schedule, batch_size=cfg.batch_size,
+        seed=cfg.seed, progress=cfg.progress,
+    )
+    qmodel.eval()
+    save_quant_model(dest / "model.pt", qmodel, masks)
+    run.__dict__["qmodel"] = qmodel
+    return {
+        **metrics,
+        "built_test_accuracy": built_acc,
+        "finetuned_test_accuracy": evaluate(qmodel, data.X_test, data.y_test),
+        **_size_metrics(qmodel, plan),
+    }
+
+
+def _size_metrics(qmodel, plan: CompressionPlan) -> dict[str, float]:
+    """Size and BOPs recomputed from the built model's actual quantized weights."""
+    from fitc.build import measure_layers
+    from fitc.cost import BopsCost, SizeCost
+
+    measured = measure_layers(qmodel, plan)
+    return {"achieved_size": SizeCost()(measured), "achieved_bops": BopsCost()(measured)}
+
+
+def _check_measured(plan: CompressionPlan, measured) -> None:
+    """The built model must be the plan: same bits, same non-zero counts, layer by layer."""
+    for lp, m in zip(plan.layers, measured, strict=True):
+        for key in ("weight_bits", "act_bits", "n_nonzero"):
+            if getattr(lp, key) != getattr(m, key):
+                raise ArtifactError(
+                    f"layer {lp.name}: built model has {key}={getattr(m, key)}, plan says "
+                    f"{getattr(lp, key)}"
+                )
+
+
+def measure_resources(run: Run, plan: CompressionPlan, qmodel, model: str = "da4ml") -> ResourceReport:
+    """The accurate resource report of a built design (da4ml, analytical, or vendor report)."""
+    from fitc.backends.resources import get_resource_model, quant_input_types, quant_int_weights
+
+    rm = get_resource_model(model)
+    if model == "da4ml":
+        return rm.estimate(plan, run.hardware, weights=quant_int_weights(qmodel, [lp.name for lp in plan.layers]),
+                           input_types=quant_input_types(qmodel), progress=run.cfg.progress)
+    if model == "report":
+        return rm.estimate(plan, run.hardware, report_dir=run.dir / "hls4ml")
+    return rm.estimate(plan, run.hardware)
+
+
+_REPORT_FIELD = {"lut": "lut", "ff": "ff", "dsp": "dsp", "bram": "bram_18k", "latency": "latency_cycles"}
+
+
+def _totals(report: ResourceReport) -> dict[str, float]:
+    return {kind: float(getattr(report, f)) for kind, f in _REPORT_FIELD.items()}
+
+
+def _fits(report: ResourceReport, targets: dict[str, float]) -> bool | None:
+    hw = {k: v for k, v in targets.items() if k in HARDWARE_KINDS}
+    if not hw:
+        return None
+    totals = _totals(report)
+    return all(totals[k] <= v for k, v in hw.items())
+
+
+def _loop_iteration(k, decision, calibration, plan, hw, accurate, accuracy, wall):
+    from fitc.backends.resources import AnalyticalModel
+    from fitc.loop import LoopIteration
+
+    raw = AnalyticalModel().layer_numbers(plan.layers, hw, calibrated=False)
+    fast = AnalyticalModel().calibrated(calibration).estimate(plan, hw)
+    return LoopIteration(
+        iteration=k,
+        limits=dict(decision.limits),
+        calibrated=bool(calibration),
+        fast=_totals(fast),
+        accurate=_totals(accurate),
+        fast_layers_raw={lp.name: float(x.lut) for lp, x in zip(plan.layers, raw, strict=True)},
+        accurate_layers={lr.name: float(lr.lut) for lr in accurate.layers},
+        accuracy=float(accuracy),
+        wall_time_s=round(wall, 3),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the CLI
 
 
 def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
     """Per-layer FIT sensitivity of the run's float model (trained first if needed)."""
-    from fitc.fisher import estimate_fisher
     from fitc.search import sensitivity_table
     from fitc.space import SearchSpace
 
     run = open_run(cfg)
     train(run)
-    fisher = estimate_fisher(
-        run.float_model, torch.from_numpy(run.data.X_train), torch.from_numpy(run.data.y_train),
-        method=cfg.fisher_method, max_batches=cfg.fisher_max_batches, seed=cfg.seed,
-    )
-    space = SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
-    return sensitivity_table(fisher, space)
+    return sensitivity_table(run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits))
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
@@ -348,7 +562,3 @@ def summary_rows(run: Run) -> list[dict[str, Any]]:
         }
         for lp in run.plan.layers
     ]
-
-
-__all__ = ["STAGES", "Run", "open_run", "run_pipeline", "summary_rows", "train", "search",
-           "finetune", "export", "verify", "lower", "np"]

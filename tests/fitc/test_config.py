@@ -12,8 +12,9 @@ from fitc.errors import ConfigError
 def test_defaults_are_the_documented_main_job():
     cfg = load_config(None)
     assert cfg.model == "digits-mlp"
-    assert [str(b) for b in cfg.budgets()] == ["size=1/16"]
+    assert cfg.budgets() == []  # the pipeline's default budget, size=1/16, applies
     assert str(cfg.run_dir()) == "runs/digits-mlp_size-1-16"
+    assert cfg.until == "estimate"
 
 
 def test_yaml_then_flags_win(tmp_path):
