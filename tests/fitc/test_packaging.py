@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_subpackages_import_from_anywhere(tmp_path):
     code = (
         "import importlib.util, fitc, fitc.export, fitc.backends, fitc.models\n"
+        "for m in (fitc, fitc.export, fitc.backends, fitc.models):\n"
+        "    assert m.__file__ is not None, m  # a regular package, not an empty namespace\n"
         "for name in ('export', 'backends', 'models'):\n"
         "    assert importlib.util.find_spec(name) is None, name\n"
         "print('ok')\n"
