@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm import tqdm
 
 from fitc.errors import ConfigError, DataError, UnsupportedLayerError
 
@@ -60,6 +59,32 @@ __all__ = [
 
 FISHER_METHODS = ("per_sample", "batch", "loop")
 _COMPRESSIBLE = (nn.Linear, nn.Conv2d)
+
+
+# ------------------------------------------------------------------------------------------
+# Progress (tqdm only when asked: the search core needs nothing beyond torch and numpy)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, **kw: Any) -> Any:
+    """A tqdm bar (``leave=False``) when ``enabled`` and tqdm is installed, else a no-op."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            return _NoBar()
+        return tqdm(leave=False, **kw)
+    return _NoBar()
 
 
 # ------------------------------------------------------------------------------------------
@@ -541,9 +566,9 @@ def _estimate(
         n_samples = 0
         n_batches = 0
         converged = False
-        with engine.probes.installed():
-            bar = tqdm(range(n_max), desc=f"Fisher ({method})", disable=not progress, leave=False)
-            for b in bar:
+        bar = progress_bar(progress, total=n_max, desc=f"Fisher ({method})")
+        with engine.probes.installed(), closing(bar):
+            for b in range(n_max):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 xb, yb = X[idx], y[idx]
                 for n, r in engine.ranges(xb).items():
@@ -562,6 +587,7 @@ def _estimate(
                 )
                 n_samples += len(xb)
                 n_batches += 1
+                bar.update(1)
                 if n_batches >= max(2, min_batches):
                     rel = _relative_variance(history)
                     bar.set_postfix(rel_var=f"{rel:.2e}")

@@ -41,12 +41,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from fitc.artifacts import Budget, CompressionPlan, LayerPlan, PathStep
 from fitc.cost import CostModel, cost_for
 from fitc.errors import BudgetInfeasibleError, ConfigError
-from fitc.fisher import Fisher, LayerInfo, estimate_fisher, trace_layers
+from fitc.fisher import Fisher, LayerInfo, estimate_fisher, progress_bar, trace_layers
 from fitc.space import SearchSpace, quantize_weight
 
 log = logging.getLogger(__name__)
@@ -550,7 +549,7 @@ def _search_plan(
     refresh = _Refresher(
         model, planner, refresh_data, refresh_every, refresh_batches, refresh_batch_size, seed
     )
-    bar = tqdm(desc=f"search {budget}", disable=not progress, leave=False, unit="exp")
+    bar = progress_bar(progress, desc=f"search {budget}", unit="exp")
     expansions = 0
     try:
         if algorithm == "greedy":
