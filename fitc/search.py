@@ -330,7 +330,7 @@ class _Planner:
             plans_t = tuple(plans)
             c = float(self.cost_model(plans_t))
             g = node.g + math.sqrt(max(step2, 0.0))
-            h = max(c - self.limit, 0.0) * scale
+            h = _h(c, self.limit, scale)
             out.append(_Node(wb, ab, pr, masks, plans_t, c, g, h, g + self.lam * h, node, move))
 
         # weight bits, one layer one rung down
@@ -424,6 +424,13 @@ class _Planner:
             a = self.abits(node.ab[self.group_of[li]])
             total += fisher.act_trace[name] * _delta(fisher.act_range[name], a) ** 2 / 12.0
         return total
+
+
+def _h(cost: float, limit: float, scale: float) -> float:
+    """max(cost − limit, 0)·scale, infinite for an infinite cost (never NaN)."""
+    if not math.isfinite(cost):
+        return math.inf
+    return max(cost - limit, 0.0) * scale
 
 
 def _describe(space: SearchSpace) -> str:
@@ -533,7 +540,8 @@ def _search_plan(
 
     planner = _Planner(model, infos, fisher, space, cost, budget, lam)
     start = planner.start()
-    cost_start = start.cost
+    # h's cost normaliser; an infinite or zero start cost (a zero hardware limit) gives 1
+    cost_start = start.cost if math.isfinite(start.cost) and start.cost > 0 else 1.0
     floor = planner.most_compressed()
     if floor.cost > planner.limit:
         raise BudgetInfeasibleError(
@@ -542,8 +550,7 @@ def _search_plan(
             f"at least that or widen the search space (lower bits, higher pruning levels)",
             smallest_reachable=floor.cost,
         )
-    start.h = max(start.cost - planner.limit, 0.0) * math.sqrt(planner.fisher_mass(start))
-    start.h /= cost_start
+    start.h = _h(start.cost, planner.limit, math.sqrt(planner.fisher_mass(start)) / cost_start)
     start.f = lam * start.h
 
     refresh = _Refresher(

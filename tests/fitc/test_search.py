@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fitc.artifacts import Budget, CompressionPlan, LayerPlan
-from fitc.cost import BopsCost, SizeCost
+from fitc.cost import BopsCost, MaxRatioCost, SizeCost
 from fitc.errors import BudgetInfeasibleError, ConfigError
 from fitc.fisher import Fisher, estimate_fisher
 from fitc.rundir import load_torch, save_torch
@@ -242,6 +242,28 @@ def test_pluggable_cost_model():
     with pytest.raises(ConfigError, match="cost="):
         search_plan(model, fisher, Budget("dsp", 3))
     assert isinstance(SizeCost(), SizeCost) and BopsCost.kind == "bops"
+
+
+def test_combined_budgets_and_infinite_costs():
+    model, fisher, *_ = _setup()
+    combined = MaxRatioCost([(SizeCost(), 0.05), (BopsCost(), 0.02)])
+    res = search_plan(model, fisher, Budget("combined", 1.0), cost=combined)
+    assert SizeCost()(res.plan.layers) <= 0.05 and BopsCost()(res.plan.layers) <= 0.02
+    assert res.plan.achieved_cost == pytest.approx(max(combined.ratios(res.plan.layers).values()))
+
+    class _WideMultipliers:
+        """A 'DSP' count under a zero limit: any weight wider than 4 bits is infinitely over."""
+
+        kind = "dsp"
+
+        def __call__(self, layers) -> float:
+            return float(sum(lp.n_nonzero for lp in layers if lp.weight_bits > 4))
+
+    ratio = MaxRatioCost([(_WideMultipliers(), 0.0)])
+    assert math.isinf(ratio(search_plan(model, fisher, Budget("size", 1.0)).plan.layers))
+    res = search_plan(model, fisher, Budget("combined", 1.0), cost=ratio)
+    assert all(lp.weight_bits <= 4 or lp.n_nonzero == 0 for lp in res.plan.layers)
+    assert not any(math.isnan(x) for s in res.plan.path for x in (s.g, s.h, s.f))
 
 
 def test_plan_artifacts_roundtrip(tmp_path):
