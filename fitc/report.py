@@ -166,9 +166,10 @@ def _run_report(d: Path) -> str:
     metrics = record.get("metrics", {}) or {}
     plots_dir = d / PLOTS
     s = _Section()
-    budget = ", ".join(cfg.get("budget", []) or [])
+    parts = list(cfg.get("budget", []) or [])
     if cfg.get("device"):
-        budget += f" + {cfg['device']} at {_fmt(cfg.get('fraction'))}"
+        parts.append(f"{cfg['device']} at {_fmt(cfg.get('fraction'))}")
+    budget = " + ".join(parts) or (_fmt(metrics["budget"]) if metrics.get("budget") else "")
     s.add(
         f"# fitc run: {cfg.get('model', '?')} — {budget or 'no budget recorded'}\n",
         f"Run directory `{d}`.\n",
@@ -361,9 +362,17 @@ def _run_report(d: Path) -> str:
     # Loop
     s.add("## Closed loop\n")
     loop, why = _load(d, "loop.json")
-    if isinstance(loop, dict):
-        loop = loop.get("iterations")
-    loop = loop if isinstance(loop, list) else metrics.get("loop")
+    summary: dict[str, Any] = {}
+    if isinstance(loop, dict):  # {targets, iterations, stop_reason, …, history: [...]}
+        summary = {k: v for k, v in loop.items() if k != "history"}
+        loop = loop.get("history")
+    if not isinstance(loop, list):
+        m_loop = metrics.get("loop")
+        loop = m_loop if isinstance(m_loop, list) else None
+        if isinstance(m_loop, dict):
+            summary = summary or m_loop
+    if summary:
+        s.add(_kv(summary))
     if isinstance(loop, list) and loop:
         s.add(
             table(
@@ -381,8 +390,11 @@ def _run_report(d: Path) -> str:
                 ]
             )
         )
-        s.plot(plots.loop_plot, loop, plots_dir / "loop.png", "closed loop iterations")
-    else:
+        targets = summary.get("targets") if isinstance(summary.get("targets"), dict) else None
+        s.plot(
+            plots.loop_plot, loop, plots_dir / "loop.png", "closed loop iterations", targets=targets
+        )
+    elif not summary:
         s.add(_missing("the closed loop", "no hardware budget in this run" if why else "empty"))
 
     # Config and versions last: long, and rarely what a reader looks for first

@@ -76,6 +76,7 @@ METRIC_COLUMNS = (
     "bram_18k",
     "latency_cycles",
     "latency_ns",
+    "fits",
 )
 PARAM_COLUMNS = ("model", "budget", "strategy", "reuse_factor")
 
@@ -331,7 +332,12 @@ def expand_points(spec: SweepSpec) -> list[SweepPoint]:
                     if rf is not None:
                         cfg_map["reuse_factor"] = rf
                     cfg = from_mapping(cfg_map, source="sweep point")
-                    label = (choice or BudgetChoice(cfg.budget, cfg.device, cfg.fraction)).label
+                    if choice is not None:
+                        label = choice.label
+                    elif cfg.budget or cfg.device:
+                        label = BudgetChoice(cfg.budget, cfg.device, cfg.fraction).label
+                    else:
+                        label = "default"  # the pipeline's default budget
                     params = {
                         "model": cfg.model,
                         "budget": label,
@@ -937,7 +943,8 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
 
 def point_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The flat metrics of a finished run directory: accuracy, float_accuracy, size, bops, lut, ff,
-    dsp, bram_18k, latency_cycles, latency_ns (those that exist), loop_iterations, run_dir."""
+    dsp, bram_18k, latency_cycles, latency_ns, fits (hardware budgets met), loop_iterations,
+    loop_stop_reason (those that exist), run_dir."""
     run_dir = Path(run_dir)
     m = read_json(run_dir / RUN_JSON).get("metrics", {})
     out: dict[str, Any] = {}
@@ -960,8 +967,13 @@ def point_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
                 out[k] = res[k]
         if res.get("source"):
             out["resource_source"] = res["source"]
+    if m.get("fits") is not None:
+        out["fits"] = bool(m["fits"])
     loop = m.get("loop")
-    if isinstance(loop, list):
+    if isinstance(loop, Mapping):  # the closed loop's summary
+        out["loop_iterations"] = loop.get("iterations")
+        out["loop_stop_reason"] = loop.get("stop_reason")
+    elif isinstance(loop, list):
         out["loop_iterations"] = len(loop)
     out["run_dir"] = str(run_dir)
     return out
@@ -1219,13 +1231,15 @@ def _run_processes(
     procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
     with _quiet_optuna():
         study = _load_study(open_storage(url), name)
-    bar = tqdm(desc=f"sweep {name}", unit="point", disable=not progress)
+        done, total, _ = _progress_counts(study)
+    bar = tqdm(total=total, initial=done, desc=f"sweep {name}", unit="point", disable=not progress)
 
     def refresh() -> None:
         with _quiet_optuna():
             done, total, _ = _progress_counts(study)
-        bar.total, bar.n = total, done
-        bar.refresh()
+        if (done, total) != (bar.n, bar.total):  # redraw on change only: quiet in log files
+            bar.total, bar.n = total, done
+            bar.refresh()
 
     try:
         while any(p.poll() is None for p in procs):

@@ -51,6 +51,37 @@ HOP = {
 }
 
 
+# what fitc.pipeline.closed_loop records: a summary in run.json, the history in loop.json
+LOOP_SUMMARY = {
+    "targets": {"lut": 6000.0},
+    "iterations": 2,
+    "stop_reason": "fits",
+    "chosen_iteration": 2,
+    "fits": True,
+    "accurate": {"lut": 5900},
+    "accuracy": 0.947,
+}
+HISTORY = [
+    {
+        "iteration": 1,
+        "limits": {"lut": 6000.0},
+        "fast": {"lut": 5000},
+        "accurate": {"lut": 7100},
+        "accuracy": 0.95,
+        "wall_time_s": 3.0,
+    },
+    {
+        "iteration": 2,
+        "limits": {"lut": 6000.0},
+        "calibrated": True,
+        "fast": {"lut": 5800},
+        "accurate": {"lut": 5900},
+        "accuracy": 0.947,
+        "wall_time_s": 3.1,
+    },
+]
+
+
 def make_run(d: Path, full: bool = True) -> Path:
     metrics = {"float_test_accuracy": 0.9611}
     if full:
@@ -61,27 +92,11 @@ def make_run(d: Path, full: bool = True) -> Path:
                 "achieved_bops": 0.021,
                 "resources": resources(),
                 "emulation": {**HOP, "a": "qonnx", "b": "hls4ml"},
-                "loop": [
-                    {
-                        "iteration": 0,
-                        "limits": {"lut": 6000.0},
-                        "fast": {"lut": 5000},
-                        "accurate": {"lut": 7100},
-                        "accuracy": 0.95,
-                        "wall_time_s": 3.0,
-                    },
-                    {
-                        "iteration": 1,
-                        "limits": {"lut": 6000.0},
-                        "calibrated": True,
-                        "fast": {"lut": 5800},
-                        "accurate": {"lut": 5900},
-                        "accuracy": 0.947,
-                        "wall_time_s": 3.1,
-                    },
-                ],
+                "loop": LOOP_SUMMARY,
+                "fits": True,
             }
         )
+        write_json(d / "loop.json", {**LOOP_SUMMARY, "history": HISTORY})
         write_json(d / "plan.json", plan().to_dict())
         write_json(
             d / "equivalence.json", {"hops": [HOP], "layer_checks": [{"name": "fc1", "ok": True}]}
@@ -121,6 +136,7 @@ def test_report_on_a_full_run(tmp_path):
     assert "brevitas → qonnx" in md and "qonnx → hls4ml" in md
     assert "compressed accuracy 94.72 %" in md
     assert "Not available" not in md
+    assert "| stop_reason | fits |" in md and "| 2 | lut=6000 | yes |" in md
     pictures = links(md)
     assert sorted(pictures) == [
         "plots/loop.png",

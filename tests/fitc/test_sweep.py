@@ -182,6 +182,9 @@ def test_expand_points_is_the_union_of_budget_flags_times_the_other_axes():
 def test_empty_axes_take_the_base_config():
     points = expand_points(SweepSpec(base={"budget": ["bops=1/50"], "strategy": "Resource"}))
     assert [p.key for p in points] == ["digits-mlp__bops=1-50__Resource__rf1"]
+    assert [p.key for p in expand_points(SweepSpec())] == ["digits-mlp__default__Latency__rf1"]
+    device = expand_points(SweepSpec.from_grid(budgets="device=xc7z020:0.25"))[0]
+    assert "budget" not in device.config and device.run_config().fraction == 0.25
 
 
 def test_bad_grid_values_fail_early():
@@ -477,3 +480,50 @@ def test_cli_resume_collect_and_worker_commands(tmp_path, fake):
     assert len(collected.rows) == 3 and (Path(out) / "pareto.csv").is_file()
     with pytest.raises(ConfigError, match="--storage URL and --study NAME"):
         sweep_command(p.parse_args(["worker"]))
+
+
+def test_point_metrics_flattens_a_finished_run(tmp_path):
+    from fitc.rundir import write_json
+    from fitc.sweep import point_metrics
+
+    res = {
+        "source": "da4ml",
+        "lut": 5100.0,
+        "ff": 900.0,
+        "dsp": 0.0,
+        "bram_18k": 0.0,
+        "latency_cycles": 9.0,
+        "latency_ns": 45.0,
+    }
+    write_json(
+        tmp_path / "run.json",
+        {
+            "metrics": {
+                "float_test_accuracy": 0.96,
+                "finetuned_test_accuracy": 0.94,
+                "achieved_size": 0.06,
+                "achieved_bops": 0.02,
+                "resources": res,
+                "fits": True,
+                "loop": {"iterations": 2, "stop_reason": "fits", "fits": True},
+            }
+        },
+    )
+    m = point_metrics(tmp_path)
+    assert m == {
+        "accuracy": 0.94,
+        "float_accuracy": 0.96,
+        "size": 0.06,
+        "bops": 0.02,
+        "lut": 5100.0,
+        "ff": 900.0,
+        "dsp": 0.0,
+        "bram_18k": 0.0,
+        "latency_cycles": 9.0,
+        "latency_ns": 45.0,
+        "resource_source": "da4ml",
+        "fits": True,
+        "loop_iterations": 2,
+        "loop_stop_reason": "fits",
+        "run_dir": str(tmp_path),
+    }
