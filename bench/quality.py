@@ -5,15 +5,19 @@ size budget build, calibrate and fine-tune (identical settings for every method)
 
   fitc      FITCompress search: mixed weight bits + global Fisher-importance pruning
   uniform   (a) one bit width for every layer + global magnitude pruning tuned to the budget; the
-            bit width is picked among --uniform-bits by validation accuracy after fine-tuning
+            bit width is picked among --uniform-bits by validation accuracy of the calibrated
+            model before fine-tuning, so it gets the same single fine-tuning run as the others
   fit-mp    (b) FIT-guided mixed precision without pruning (the same search, pruning disabled);
             unreachable below 2 bits per weight (size 1/16)
   mag-8b    (c) 8-bit weights + global magnitude pruning tuned to the budget
 
 Size = Σ non-zero quantized weights × bits / (Σ weights × 32), measured on the built model.
-Accuracy is on the held-out test split; activations are 8-bit everywhere.
+Accuracy is on the held-out test split (mean over --seeds: float training, Fisher, search and
+fine-tuning all re-seeded); activations are 8-bit everywhere. "zeros" counts pruned weights and
+weights that quantize to zero.
 
     python bench/quality.py                       # digits-mlp and digits-cnn, 1/8 … 1/64
+    python bench/quality.py --seeds 0 1 2         # mean of three seeds
     python bench/quality.py --models digits-mlp --budgets 1/16 --epochs 15
 """
 
@@ -115,6 +119,7 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
     spec = get_spec(name)
     data = load_data(spec, seed=args.seed)
     model = build_model(name, seed=args.seed)
+    print(f"\n[seed {args.seed}]", end="")
     t0 = time.perf_counter()
     fm = train_float(model, data, epochs=args.train_epochs, seed=args.seed, progress=False)
     model.eval()
@@ -144,17 +149,22 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
         search_s = time.perf_counter() - t0
         r = _finetuned(model, res.plan, res.masks, data, args)
         r.note = " ".join(f"{lp.weight_bits}b/{lp.sparsity:.0%}" for lp in res.plan.layers)
+        r.note += f"  (bits/zeros per layer; planned size {res.plan.achieved_cost:.4f})"
         r.seconds += search_s
         row["fitc"] = r
 
-        best = None
+        t0 = time.perf_counter()
+        candidates = []
         for bits in args.uniform_bits:
             plan, masks = magnitude_plan(model, name, spec, bits, budget.limit)
-            r = _finetuned(model, plan, masks, data, args)
-            r.note = f"{bits}b, {_pruned(plan):.0%} pruned"
-            if best is None or r.val_acc > best.val_acc:
-                best = r
-        row["uniform"] = best
+            qmodel = calibrate(apply_plan(model, plan, masks), data.X_train)
+            candidates.append((evaluate_quant(qmodel, data.X_val, data.y_val), -bits, plan, masks))
+        _, neg_bits, plan, masks = max(candidates, key=lambda c: c[:2])
+        select_s = time.perf_counter() - t0
+        r = _finetuned(model, plan, masks, data, args)
+        r.note = f"{-neg_bits}b, {_pruned(plan):.0%} zeros"
+        r.seconds += select_s
+        row["uniform"] = r
 
         t0 = time.perf_counter()
         try:
@@ -177,7 +187,7 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
 
         plan, masks = magnitude_plan(model, name, spec, 8, budget.limit)
         r = _finetuned(model, plan, masks, data, args)
-        r.note = f"{_pruned(plan):.0%} pruned"
+        r.note = f"{_pruned(plan):.0%} zeros"
         row["mag-8b"] = r
         rows.append(row)
         _print_row(row)
@@ -202,8 +212,34 @@ def _print_row(row: dict) -> None:
         print(f"      {m:8s} {r.note}  [{r.seconds:.1f} s]", flush=True)
 
 
-def print_table(rows: list[dict]) -> None:
-    print("\nTest accuracy % (achieved size as a fraction of float32) — same fine-tuning for all\n")
+def _mean_rows(rows: list[dict]) -> list[dict]:
+    """Average the per-seed rows of each (model, budget)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["budget"]), []).append(row)
+    out = []
+    for (model, budget), rs in groups.items():
+        row = {"model": model, "budget": budget, "float": sum(r["float"] for r in rs) / len(rs)}
+        for m in METHODS:
+            res = [r[m] for r in rs]
+            acc = [x.test_acc for x in res if x.test_acc is not None]
+            size = [x.size for x in res if x.size is not None]
+            row[m] = Result(
+                test_acc=sum(acc) / len(acc) if len(acc) == len(res) else None,
+                val_acc=None,
+                size=max(size) if size else None,
+            )
+        out.append(row)
+    return out
+
+
+def print_table(rows: list[dict], n_seeds: int) -> None:
+    rows = _mean_rows(rows)
+    what = f"mean of {n_seeds} seeds; " if n_seeds > 1 else ""
+    print(
+        f"\nTest accuracy % ({what}achieved size as a fraction of float32"
+        f"{', the largest over seeds' if n_seeds > 1 else ''}) — same fine-tuning for all\n"
+    )
     head = (
         f"| {'model':10s} | {'budget':9s} | {'float':6s} | "
         + " | ".join(f"{m:22s}" for m in METHODS)
@@ -234,16 +270,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-epochs", type=int, default=60)
     p.add_argument("--uniform-bits", type=int, nargs="+", default=[8, 6, 4, 3, 2])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     budgets = [Budget.parse(f"size={b}") for b in args.budgets]
     t0 = time.perf_counter()
-    rows = [row for name in args.models for row in run_model(name, budgets, args)]
-    print_table(rows)
+    rows = []
+    for seed in args.seeds:
+        args.seed = seed
+        rows += [row for name in args.models for row in run_model(name, budgets, args)]
+    print_table(rows, len(args.seeds))
     print(
         f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs} epochs, "
-        f"{args.optimizer}, lr {args.lr}, {args.schedule}, batch {args.batch_size}, seed {args.seed}"
+        f"{args.optimizer}, lr {args.lr}, {args.schedule}, batch {args.batch_size}, "
+        f"seeds {args.seeds}"
     )
 
 
