@@ -62,6 +62,10 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _count(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:g}"
+
+
 def _short(row: Mapping[str, Any], multi_model: bool) -> str:
     """A short label of a sweep point: budget, strategy, reuse factor (and model if several)."""
     if row.get("budget") is None:
@@ -130,12 +134,18 @@ def pareto_plot(
             zorder=4,
             label=f"Pareto front ({len(front)})",
         )
+        labels: dict[tuple[float, float], list[str]] = {}  # equal designs share one label
         for x, y, r in zip(xs, ys, front, strict=True):
+            labels.setdefault((x, y), []).append(_short(r, multi_model))
+        mid = (min(xs) + max(xs)) / 2
+        for (x, y), names in labels.items():
+            right_half = len(labels) > 1 and x > mid  # label towards the inside of the axes
             ax.annotate(
-                _short(r, multi_model),
+                " / ".join(names),
                 (x, y),
                 textcoords="offset points",
-                xytext=(6, -12),
+                xytext=(-6 if right_half else 6, -12),
+                ha="right" if right_half else "left",
                 fontsize=8,
                 color="0.15",
             )
@@ -355,13 +365,15 @@ def layer_resources_plot(
                 vals,
                 h,
                 color=COLORS[j + (2 if ax is right else 0)],
-                label=f"{label} (total {getattr(rep, field):g})",
+                label=f"{label} (total {_count(getattr(rep, field))})",
             )
-            ax.bar_label(bars, labels=[f"{v:g}" for v in vals], fontsize=7, padding=2)
+            ax.bar_label(bars, labels=[_count(v) for v in vals], fontsize=7, padding=2)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.18)
     right.xaxis.get_major_locator().set_params(integer=True)
+    if not any(lr.dsp or lr.bram_18k for lr in rep.layers):
+        right.set_xlim(0, 1)  # all zero: show an honest empty axis from 0
     left.set_xlabel("count (LUTs, flip-flops)")
     right.set_xlabel("count (DSP slices, BRAM 18K blocks)")
     left.set_yticks(y, names)
