@@ -49,7 +49,7 @@ class RunConfig:
     fisher_max_batches: int = 20
     algorithm: str = "greedy"  # "greedy" | "astar"
     lam: float = 1.0
-    refresh_every: int = 0  # re-estimate the Fisher every k expansions; 0 = never
+    refresh_every: int = 10  # re-estimate the Fisher every k expansions; 0 = never
     # fine-tuning
     finetune_epochs: int = 30
     finetune_lr: float = 1e-3

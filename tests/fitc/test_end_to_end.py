@@ -1,0 +1,73 @@
+"""`fitc run` from float model to compiled hls4ml emulation, as a user runs it (CLI, subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fitc.artifacts import CompressionPlan
+from fitc.cost import SizeCost
+
+pytestmark = [pytest.mark.compile, pytest.mark.slow]
+
+
+def fitc(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "fitc.cli", *args, "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
+def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
+    out = tmp_path / "run"
+    args = ("run", "--model", model, "--budget", "size=1/32", "--finetune-epochs", "4", "--out", str(out))
+    res = fitc(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((out / "run.json").read_text())["metrics"]
+    plan = CompressionPlan.from_dict(json.loads((out / "plan.json").read_text()))
+
+    assert m["achieved_size"] <= 1 / 32
+    assert m["achieved_size"] == pytest.approx(plan.achieved_cost, abs=0)
+    assert SizeCost()(plan.layers) == m["achieved_size"]
+    for hop in m["equivalence"]["hops"]:
+        assert hop["max_abs_diff"] == 0 and hop["identical_rows"] == 1, hop
+    assert all(check["ok"] for check in m["equivalence"]["layer_checks"])
+    assert m["emulation"]["max_abs_diff"] == 0 and m["emulation"]["identical_rows"] == 1
+    assert m["finetuned_test_accuracy"] > 0.8
+    assert m["resources"]["source"] == "da4ml" and m["resources"]["lut"] > 0
+    for name in ("float.pt", "masks.pt", "model.pt", "model.qonnx.onnx", "model.qcdq.onnx",
+                 "hls4ml/SUMMARY.md", "resources.json"):
+        assert (out / name).exists(), name
+    assert "Traceback" not in res.stderr
+
+    # Re-running the same command resumes: every stage is reused, nothing is redone.
+    again = fitc(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "done in" not in again.stderr and again.stderr.count("reusing") >= 6
+
+    # A user's own graph and inputs: the QCDQ twin against qonnx and onnxruntime.
+    from fitc.models import get_spec, load_data
+
+    data = load_data(get_spec(model))
+    np.save(tmp_path / "X.npy", data.X_test[:50])
+    res = fitc("verify", "--onnx", str(out / "model.qonnx.onnx"), "--inputs", str(tmp_path / "X.npy"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "qonnx" in res.stdout
+
+    # The fast estimate, and synthesis without vendor tools: a clear one-line message.
+    res = fitc("estimate", str(out), "--model", "analytical")
+    assert res.returncode == 0 and "resources (analytical)" in res.stdout
+    res = fitc("synth", str(out))
+    assert res.returncode == 2 and "not found on PATH" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_impossible_hardware_budget_is_reported_up_front(tmp_path):
+    res = fitc("run", "--budget", "lut=10", "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert "unreachable" in res.stderr and "lut cost" in res.stderr
+    assert not (tmp_path / "run" / "plan.json").exists()
