@@ -27,6 +27,10 @@ import time
 
 import numpy as np
 import torch
+from scipy.optimize import least_squares
+from scipy.stats import spearmanr
+
+from fitc.artifacts import CompressionPlan, HardwareConfig
 from fitc.backends.resources import (
     AnalyticalModel,
     AnalyticalParams,
@@ -34,12 +38,8 @@ from fitc.backends.resources import (
     cmvm_luts,
     quant_int_weights,
 )
-from fitc.models import build_model, get_spec, load_data, train_float
-from scipy.optimize import least_squares
-from scipy.stats import spearmanr
-
-from fitc.artifacts import CompressionPlan, HardwareConfig
 from fitc.build import apply_plan, fixed_point_quantize, float_layers, magnitude_masks, make_plan
+from fitc.models import build_model, get_spec, load_data, train_float
 
 W_BITS = (8, 7, 6, 5, 4, 3, 2)
 A_BITS = (8, 6, 5, 4, 3)

@@ -75,9 +75,15 @@ class Budget(_Json):
 
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
-            raise ConfigError(f"unknown budget kind {self.kind!r}; valid kinds: {', '.join(BUDGET_KINDS)}")
-        if not (isinstance(self.limit, (int, float)) and math.isfinite(self.limit) and self.limit >= 0):
-            raise ConfigError(f"budget {self.kind}: limit must be a finite number ≥ 0, got {self.limit!r}")
+            raise ConfigError(
+                f"unknown budget kind {self.kind!r}; valid kinds: {', '.join(BUDGET_KINDS)}"
+            )
+        if not (
+            isinstance(self.limit, (int, float)) and math.isfinite(self.limit) and self.limit >= 0
+        ):
+            raise ConfigError(
+                f"budget {self.kind}: limit must be a finite number ≥ 0, got {self.limit!r}"
+            )
         if self.kind in ("size", "bops") and not (0 < self.limit <= 1):
             raise ConfigError(
                 f"budget {self.kind}={self.limit} must be a fraction of the float model in (0, 1], "
@@ -88,7 +94,9 @@ class Budget(_Json):
     def parse(cls, text: str) -> Budget:
         """Parse ``"size=1/16"``, ``"size=0.0625"``, ``"bops=0.02"``, ``"lut=20000"``."""
         if "=" not in text:
-            raise ConfigError(f"budget {text!r} must look like KIND=VALUE, e.g. size=1/16 or lut=20000")
+            raise ConfigError(
+                f"budget {text!r} must look like KIND=VALUE, e.g. size=1/16 or lut=20000"
+            )
         kind, value = (s.strip() for s in text.split("=", 1))
         try:
             limit = float(Fraction(value))
@@ -128,7 +136,9 @@ class LayerPlan(_Json):
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "conv2d"):
-            raise ArtifactError(f"layer {self.name}: kind must be 'linear' or 'conv2d', got {self.kind!r}")
+            raise ArtifactError(
+                f"layer {self.name}: kind must be 'linear' or 'conv2d', got {self.kind!r}"
+            )
         for key in ("weight_bits", "act_bits"):
             b = getattr(self, key)
             if not (isinstance(b, int) and 1 <= b <= 32):
@@ -192,7 +202,9 @@ class CompressionPlan(_Json):
         for lp in self.layers:
             if lp.name == name:
                 return lp
-        raise ArtifactError(f"layer {name!r} is not in the plan; layers: {[lp.name for lp in self.layers]}")
+        raise ArtifactError(
+            f"layer {name!r} is not in the plan; layers: {[lp.name for lp in self.layers]}"
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompressionPlan:

@@ -28,17 +28,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", help="YAML file of options (flags win over it)")
     g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>_<budget>)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   help="hide progress bars")
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="hide progress bars",
+    )
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="model from the zoo: digits-mlp (default), digits-cnn, jet-mlp, resnet8")
-    g.add_argument("--data", help="built-in dataset (digits, wine, breast-cancer) or a user .npz file "
-                   "with X, y (optional X_test, y_test)")
+    g.add_argument(
+        "--model", help="model from the zoo: digits-mlp (default), digits-cnn, jet-mlp, resnet8"
+    )
+    g.add_argument(
+        "--data",
+        help="built-in dataset (digits, wine, breast-cancer) or a user .npz file "
+        "with X, y (optional X_test, y_test)",
+    )
     g.add_argument("--train-epochs", type=int, help="float training epochs")
     g.add_argument("--train-lr", type=float, help="float training learning rate")
     g.add_argument("--batch-size", type=int, help="mini-batch size for training and fine-tuning")
@@ -46,19 +56,32 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (FITCompress)")
-    g.add_argument("--budget", action="append", metavar="KIND=VALUE",
-                   help="size=1/16 (default), bops=0.02, lut=20000, dsp=0 …; repeat for several")
+    g.add_argument(
+        "--budget",
+        action="append",
+        metavar="KIND=VALUE",
+        help="size=1/16 (default), bops=0.02, lut=20000, dsp=0 …; repeat for several",
+    )
     g.add_argument("--device", help="device preset (xc7z020, xczu9eg, xcu250, xcvu9p, xcku115)")
     g.add_argument("--fraction", type=float, help="fraction of every device resource to fit in")
     g.add_argument("--weight-bits", help="weight bit-width ladder, e.g. 8,6,4,3,2")
     g.add_argument("--act-bits", help="activation bit-width ladder (default 8: not searched)")
-    g.add_argument("--per-layer-prune", action="store_const", const=True,
-                   help="search per-layer pruning levels instead of one global level")
-    g.add_argument("--fisher-method", choices=("per_sample", "batch"),
-                   help="exact per-sample empirical Fisher (default) or the mini-batch approximation")
+    g.add_argument(
+        "--per-layer-prune",
+        action="store_const",
+        const=True,
+        help="search per-layer pruning levels instead of one global level",
+    )
+    g.add_argument(
+        "--fisher-method",
+        choices=("per_sample", "batch"),
+        help="exact per-sample empirical Fisher (default) or the mini-batch approximation",
+    )
     g.add_argument("--algorithm", choices=("greedy", "astar"), help="path search (default greedy)")
     g.add_argument("--lam", type=float, help="weight λ of the heuristic in f = g + λ·h")
-    g.add_argument("--refresh-every", type=int, help="re-estimate the Fisher every k expansions (0: never)")
+    g.add_argument(
+        "--refresh-every", type=int, help="re-estimate the Fisher every k expansions (0: never)"
+    )
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
@@ -79,8 +102,19 @@ def _hw_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reuse-factor", type=int)
 
 
-_NOT_CONFIG = {"command", "config", "debug", "quiet", "dir", "func", "onnx", "inputs", "reference",
-               "labels", "resource_model_cli"}
+_NOT_CONFIG = {
+    "command",
+    "config",
+    "debug",
+    "quiet",
+    "dir",
+    "func",
+    "onnx",
+    "inputs",
+    "reference",
+    "labels",
+    "resource_model_cli",
+}
 
 
 def _config(args: argparse.Namespace, run_dir: Path | None = None):
@@ -93,7 +127,9 @@ def _config(args: argparse.Namespace, run_dir: Path | None = None):
         flags["budget"] = [b for item in flags["budget"] for b in item.split(",") if b]
     if run_dir is not None:
         if not (run_dir / RUN_JSON).is_file():
-            raise FitcError(f"{run_dir} is not a fitc run directory (no {RUN_JSON}); run `fitc run --out {run_dir}` first")
+            raise FitcError(
+                f"{run_dir} is not a fitc run directory (no {RUN_JSON}); run `fitc run --out {run_dir}` first"
+            )
         recorded = read_json(run_dir / RUN_JSON).get("config", {})
         return load_config(args.config, base=recorded, **{**flags, "out": str(run_dir)})
     return load_config(args.config, **flags)
@@ -108,7 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = run_pipeline(_config(args), until="train")
     m = run.dir.metrics
-    print(f"float model {run.cfg.model}: test accuracy {m['float_test_accuracy']:.4f}  →  {run.dir.path}")
+    print(
+        f"float model {run.cfg.model}: test accuracy {m['float_test_accuracy']:.4f}  →  {run.dir.path}"
+    )
     return 0
 
 
@@ -156,16 +194,35 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from fitc.rundir import write_json
 
     write_json(run.dir / "resources_synth.json", report.to_dict())
-    print(f"{report.source}: LUT {report.lut:.0f}, FF {report.ff:.0f}, DSP {report.dsp:.0f}, "
-          f"BRAM_18K {report.bram_18k:.0f}, latency {report.latency_cycles:.0f} cycles "
-          f"({report.latency_ns:.1f} ns) → {run.dir / 'resources_synth.json'}")
+    print(
+        f"{report.source}: LUT {report.lut:.0f}, FF {report.ff:.0f}, DSP {report.dsp:.0f}, "
+        f"BRAM_18K {report.bram_18k:.0f}, latency {report.latency_cycles:.0f} cycles "
+        f"({report.latency_ns:.1f} ns) → {run.dir / 'resources_synth.json'}"
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fitc.sweep import format_summary, sweep_command
+
+    result = sweep_command(args)
+    print(format_summary(result))
+    return 1 if result is not None and getattr(result, "counts", {}).get("FAIL") else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fitc.report import report_command
+
+    print(f"report: {report_command(args)}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.onnx is None:
         if args.dir is None:
-            raise FitcError("give a run directory (fitc verify DIR) or a graph (--onnx FILE --inputs X.npy)")
+            raise FitcError(
+                "give a run directory (fitc verify DIR) or a graph (--onnx FILE --inputs X.npy)"
+            )
         return cmd_stage("verify")(args)
     from fitc.export import verify_onnx_file
 
@@ -176,11 +233,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     y = _load_npy(args.labels, "--labels") if args.labels else None
     report = verify_onnx_file(args.onnx, X, reference=ref, y=y)
     print(f"{report.path} ({report.graph_format}), {report.n_samples} samples")
-    _print_table([
-        {"hop": f"{h.a} → {h.b}", "max |diff|": h.max_abs_diff, "identical rows": f"{h.identical_rows:.1%}",
-         "argmax agreement": f"{h.argmax_agreement:.1%}"}
-        for h in report.hops
-    ])
+    _print_table(
+        [
+            {
+                "hop": f"{h.a} → {h.b}",
+                "max |diff|": h.max_abs_diff,
+                "identical rows": f"{h.identical_rows:.1%}",
+                "argmax agreement": f"{h.argmax_agreement:.1%}",
+            }
+            for h in report.hops
+        ]
+    )
     for why in report.skipped:
         print(f"skipped: {why}")
     if not report.exact:
@@ -243,12 +306,16 @@ def _print_summary(run) -> None:
         print(f"{'hls4ml emulation ≡ qonnx':>28}: {'bit-exact' if ok else 'DIFFERENT'}")
     if "resources" in m:
         r = m["resources"]
-        print(f"{'resources (' + r['source'] + ')':>28}: LUT {r['lut']:.0f}, FF {r['ff']:.0f}, "
-              f"DSP {r['dsp']:.0f}, BRAM_18K {r['bram_18k']:.0f}, latency {r['latency_cycles']:.0f} cycles")
+        print(
+            f"{'resources (' + r['source'] + ')':>28}: LUT {r['lut']:.0f}, FF {r['ff']:.0f}, "
+            f"DSP {r['dsp']:.0f}, BRAM_18K {r['bram_18k']:.0f}, latency {r['latency_cycles']:.0f} cycles"
+        )
     if "loop" in m:
         lp = m["loop"]
-        print(f"{'closed loop':>28}: {lp['iterations']} iteration(s), {lp['stop_reason']}, "
-              f"{'fits' if lp['fits'] else 'DOES NOT FIT'} {lp['targets']}")
+        print(
+            f"{'closed loop':>28}: {lp['iterations']} iteration(s), {lp['stop_reason']}, "
+            f"{'fits' if lp['fits'] else 'DOES NOT FIT'} {lp['targets']}"
+        )
     print(f"{'run directory':>28}: {run.dir.path}")
 
 
@@ -276,14 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    p = sub.add_parser("run", help="the whole pipeline: train → search → fine-tune → export → verify → lower")
+    p = sub.add_parser(
+        "run", help="the whole pipeline: train → search → fine-tune → export → verify → lower"
+    )
     _model_args(p), _search_args(p), _finetune_args(p), _hw_args(p), _common(p)
-    p.add_argument("--until", choices=("train", "search", "finetune", "export", "lower", "estimate"),
-                   help="stop after this stage (default estimate: the whole pipeline)")
-    p.add_argument("--resource-model", choices=("analytical", "da4ml"),
-                   help="accurate resource model for the estimate and the loop (default da4ml)")
-    p.add_argument("--max-loop-iterations", type=int,
-                   help="closed loop (hardware budgets): iterations at most (default 4)")
+    p.add_argument(
+        "--until",
+        choices=("train", "search", "finetune", "export", "lower", "estimate"),
+        help="stop after this stage (default estimate: the whole pipeline)",
+    )
+    p.add_argument(
+        "--resource-model",
+        choices=("analytical", "da4ml"),
+        help="accurate resource model for the estimate and the loop (default da4ml)",
+    )
+    p.add_argument(
+        "--max-loop-iterations",
+        type=int,
+        help="closed loop (hardware budgets): iterations at most (default 4)",
+    )
     p.set_defaults(func=cmd_run)
 
     for name, stage, helptext in (
@@ -296,21 +374,49 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "verify":
             p.add_argument("dir", nargs="?", help="run directory")
             g = p.add_argument_group("a graph made elsewhere")
-            g.add_argument("--onnx", metavar="FILE", help="QONNX or QCDQ file to check instead of a run")
+            g.add_argument(
+                "--onnx", metavar="FILE", help="QONNX or QCDQ file to check instead of a run"
+            )
             g.add_argument("--inputs", metavar="X.npy", help="inputs, shaped (N, *input shape)")
-            g.add_argument("--reference", metavar="R.npy", help="expected outputs to compare against")
+            g.add_argument(
+                "--reference", metavar="R.npy", help="expected outputs to compare against"
+            )
             g.add_argument("--labels", metavar="Y.npy", help="labels, to report accuracies")
         else:
             p.add_argument("dir", help="run directory")
         if name == "lower":
             _hw_args(p)
         if name == "estimate":
-            p.add_argument("--model", dest="resource_model", choices=("analytical", "da4ml", "report"),
-                           help="resource model: analytical (fast), da4ml (adder graphs, default), "
-                           "report (vendor synthesis reports in DIR/hls4ml)")
+            p.add_argument(
+                "--model",
+                dest="resource_model",
+                choices=("analytical", "da4ml", "report"),
+                help="resource model: analytical (fast), da4ml (adder graphs, default), "
+                "report (vendor synthesis reports in DIR/hls4ml)",
+            )
         _common(p)
         p.set_defaults(func=cmd_verify if name == "verify" else cmd_stage(stage))
-    p = sub.add_parser("synth", help="synthesize a run's hls4ml project with Vitis/Vivado HLS (if installed)")
+    from fitc.report import add_report_arguments
+    from fitc.sweep import add_sweep_arguments
+
+    p = sub.add_parser(
+        "sweep",
+        help="a grid of runs in a crash-safe Optuna ledger; Pareto fronts of "
+        "accuracy against FPGA resources (`fitc sweep worker` joins from another machine)",
+    )
+    add_sweep_arguments(p)
+    _finetune_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write report.md and plots/ for a run or a sweep directory")
+    add_report_arguments(p)
+    _common(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "synth", help="synthesize a run's hls4ml project with Vitis/Vivado HLS (if installed)"
+    )
     p.add_argument("dir", help="run directory")
     _common(p)
     p.set_defaults(func=cmd_synth)

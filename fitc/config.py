@@ -77,7 +77,9 @@ class RunConfig:
         for b in self.budgets():
             _ = b  # parsed for validation
         if (self.device is None) != (self.fraction is None):
-            raise ConfigError("device and fraction go together, e.g. --device xc7z020 --fraction 0.25")
+            raise ConfigError(
+                "device and fraction go together, e.g. --device xc7z020 --fraction 0.25"
+            )
         if self.train_epochs is not None and self.train_epochs < 1:
             raise ConfigError(f"train_epochs must be ≥ 1, got {self.train_epochs}")
         if self.fraction is not None and not (0 < self.fraction <= 1):
@@ -88,7 +90,9 @@ class RunConfig:
         for key in ("weight_bits", "act_bits"):
             bits = getattr(self, key)
             if not bits or any(not (2 <= b <= 16) for b in bits):
-                raise ConfigError(f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}")
+                raise ConfigError(
+                    f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}"
+                )
         self.hardware()  # validates backend / io_type / strategy / reuse factor
 
     # ---------------------------------------------------------------------------------------

@@ -95,4 +95,6 @@ def next_step(
             value = float(last.accurate.get(kind, 0.0))
             if value > target and target > 0:
                 limits[kind] = last.limits.get(kind, target) * target / value * margin
-    return LoopDecision(False, "recalibrate" if not last.calibrated else "tighten", limits, calibration)
+    return LoopDecision(
+        False, "recalibrate" if not last.calibrated else "tighten", limits, calibration
+    )

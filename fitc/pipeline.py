@@ -114,8 +114,12 @@ class Run:
 
         cfg = self.cfg
         return estimate_fisher(
-            self.float_model, torch.from_numpy(self.data.X_train), torch.from_numpy(self.data.y_train),
-            method=cfg.fisher_method, max_batches=cfg.fisher_max_batches, seed=cfg.seed,
+            self.float_model,
+            torch.from_numpy(self.data.X_train),
+            torch.from_numpy(self.data.y_train),
+            method=cfg.fisher_method,
+            max_batches=cfg.fisher_max_batches,
+            seed=cfg.seed,
             progress=cfg.progress,
         )
 
@@ -131,7 +135,9 @@ class Run:
     def qmodel(self) -> torch.nn.Module:
         from fitc.build import load_quant_model
 
-        return load_quant_model(self.float_model, self.plan, self.masks, self.dir / "model.pt").eval()
+        return load_quant_model(
+            self.float_model, self.plan, self.masks, self.dir / "model.pt"
+        ).eval()
 
     @cached_property
     def exported(self):
@@ -212,8 +218,13 @@ def train(run: Run) -> None:
             metrics: dict[str, Any] = {"float_from": cfg.float_from}
         else:
             metrics = train_float(
-                model, run.data, epochs=cfg.train_epochs or run.spec.train_epochs, lr=cfg.train_lr,
-                batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+                model,
+                run.data,
+                epochs=cfg.train_epochs or run.spec.train_epochs,
+                lr=cfg.train_lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                progress=cfg.progress,
             )
         save_torch(run.dir / "float.pt", model.state_dict())
         run.__dict__["float_model"] = model.eval()
@@ -222,8 +233,15 @@ def train(run: Run) -> None:
 
     run.stage(
         "train",
-        (cfg.model, run.data_fingerprint(), cfg.seed, cfg.train_epochs, cfg.train_lr, cfg.batch_size,
-         Path(cfg.float_from) if cfg.float_from else None),
+        (
+            cfg.model,
+            run.data_fingerprint(),
+            cfg.seed,
+            cfg.train_epochs,
+            cfg.train_lr,
+            cfg.batch_size,
+            Path(cfg.float_from) if cfg.float_from else None,
+        ),
         ["float.pt"],
         fn,
     )
@@ -231,8 +249,17 @@ def train(run: Run) -> None:
 
 def _search_inputs(run: Run) -> tuple:
     c = run.cfg
-    return (run.targets, c.weight_bits, c.act_bits, c.per_layer_prune, c.fisher_method,
-            c.fisher_max_batches, c.algorithm, c.lam, c.refresh_every)
+    return (
+        run.targets,
+        c.weight_bits,
+        c.act_bits,
+        c.per_layer_prune,
+        c.fisher_method,
+        c.fisher_max_batches,
+        c.algorithm,
+        c.lam,
+        c.refresh_every,
+    )
 
 
 def search(run: Run) -> None:
@@ -257,7 +284,9 @@ def _finetune_inputs(run: Run) -> tuple:
 
 def finetune(run: Run) -> None:
     run.stage(
-        "finetune", _finetune_inputs(run), ["model.pt"],
+        "finetune",
+        _finetune_inputs(run),
+        ["model.pt"],
         lambda: _finetune_once(run, run.plan, run.masks, run.dir.path),
     )
 
@@ -286,10 +315,25 @@ def closed_loop(run: Run) -> None:
                 break
             metrics = _finetune_once(run, plan, run.masks, it_dir)
             accurate = measure_resources(run, plan, run.qmodel)
-            history.append(_loop_iteration(k, decision, calibration, plan, hw, accurate,
-                                           metrics["finetuned_test_accuracy"], time.perf_counter() - t0))
-            log.info("loop iteration %d: accurate %s vs targets %s (overshoot %.3f)", k,
-                     history[-1].accurate, targets, overshoot(history[-1].accurate, targets))
+            history.append(
+                _loop_iteration(
+                    k,
+                    decision,
+                    calibration,
+                    plan,
+                    hw,
+                    accurate,
+                    metrics["finetuned_test_accuracy"],
+                    time.perf_counter() - t0,
+                )
+            )
+            log.info(
+                "loop iteration %d: accurate %s vs targets %s (overshoot %.3f)",
+                k,
+                history[-1].accurate,
+                targets,
+                overshoot(history[-1].accurate, targets),
+            )
             decision = next_step(history, targets, max_iterations=cfg.max_loop_iterations)
             if decision.stop:
                 reason = decision.reason
@@ -297,10 +341,15 @@ def closed_loop(run: Run) -> None:
             calibration = decision.calibration
 
         fitting = [h for h in history if overshoot(h.accurate, targets) <= 1.0]
-        best = (max(fitting, key=lambda h: h.accuracy) if fitting
-                else min(history, key=lambda h: overshoot(h.accurate, targets)))
+        best = (
+            max(fitting, key=lambda h: h.accuracy)
+            if fitting
+            else min(history, key=lambda h: overshoot(h.accurate, targets))
+        )
         for name in PLAN_FILES:
-            shutil.copy2(run.dir / "loop" / f"iter{best.iteration}" / name, run.dir / f".{name}.tmp")
+            shutil.copy2(
+                run.dir / "loop" / f"iter{best.iteration}" / name, run.dir / f".{name}.tmp"
+            )
             (run.dir / f".{name}.tmp").replace(run.dir / name)
         run.forget("plan", "masks", "qmodel")
         summary = {
@@ -314,8 +363,14 @@ def closed_loop(run: Run) -> None:
         }
         write_json(run.dir / "loop.json", {**summary, "history": [h.to_dict() for h in history]})
         if not fitting:
-            log.warning("no design met %s after %d iterations (%s); keeping the closest, "
-                        "iteration %d: %s", targets, len(history), reason, best.iteration, best.accurate)
+            log.warning(
+                "no design met %s after %d iterations (%s); keeping the closest, iteration %d: %s",
+                targets,
+                len(history),
+                reason,
+                best.iteration,
+                best.accurate,
+            )
         plan = run.plan
         return {
             "loop": summary,
@@ -351,7 +406,12 @@ def verify(run: Run) -> None:
 
     def fn() -> dict:
         report = verify_chain(
-            run.qmodel, run.exported, run.data.X_test, run.data.y_test, plan=run.plan, masks=run.masks
+            run.qmodel,
+            run.exported,
+            run.data.X_test,
+            run.data.y_test,
+            plan=run.plan,
+            masks=run.masks,
         )
         write_json(run.dir / "equivalence.json", report.to_dict())
         check_equivalence(report)
@@ -368,10 +428,13 @@ def lower(run: Run) -> None:
 
     def fn() -> dict:
         qonnx_path = Path(run.exported.qonnx_path)
-        project = lower_graph(qonnx_path, run.dir / "hls4ml", hw, plan=run.plan,
-                              layer_map=run.exported.layer_map)
+        project = lower_graph(
+            qonnx_path, run.dir / "hls4ml", hw, plan=run.plan, layer_map=run.exported.layer_map
+        )
         hop = emulation_check(project, qonnx_path, run.data.X_test, run.data.y_test)
-        write_json(run.dir / "hls4ml.json", {"project": project.to_dict(), "emulation": hop.to_dict()})
+        write_json(
+            run.dir / "hls4ml.json", {"project": project.to_dict(), "emulation": hop.to_dict()}
+        )
         if not hop.exact:
             raise EquivalenceError(
                 f"hls4ml emulation differs from the QONNX graph {qonnx_path}: max |diff| "
@@ -392,8 +455,11 @@ def estimate(run: Run, model: str | None = None) -> ResourceReport:
         report = measure_resources(run, run.plan, run.qmodel, name)
         write_json(run.dir / "resources.json", report.to_dict())
         fast = AnalyticalModel().estimate(run.plan, run.hardware)
-        return {"resources": report.to_dict(), "resources_analytical": _totals(fast),
-                "fits": _fits(report, run.targets)}
+        return {
+            "resources": report.to_dict(),
+            "resources_analytical": _totals(fast),
+            "fits": _fits(report, run.targets),
+        }
 
     run.stage("estimate", (name, run.hardware.to_dict()), ["resources.json"], fn)
     return ResourceReport.from_dict(read_json(run.dir / "resources.json"))
@@ -415,7 +481,7 @@ def search_cost(limits: dict[str, float], hw: HardwareConfig, calibration: dict 
         return cost_for(Budget(kind, limits[kind]))
 
     if len(limits) == 1:
-        (kind, limit), = limits.items()
+        ((kind, limit),) = limits.items()
         return Budget(kind, limit), one(kind)
     return Budget("combined", 1.0), MaxRatioCost([(one(k), lim) for k, lim in limits.items()])
 
@@ -426,13 +492,23 @@ def _search_once(run: Run, budget: Budget, cost, dest: Path) -> CompressionPlan:
     from fitc.space import SearchSpace
 
     cfg = run.cfg
-    space = SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
-                        per_layer_prune=cfg.per_layer_prune)
+    space = SearchSpace(
+        weight_bits=cfg.weight_bits, act_bits=cfg.act_bits, per_layer_prune=cfg.per_layer_prune
+    )
     X, y = torch.from_numpy(run.data.X_train), torch.from_numpy(run.data.y_train)
     result = search_plan(
-        run.float_model, run.fisher, budget, space, cost=cost, lam=cfg.lam,
-        algorithm=cfg.algorithm, refresh_every=cfg.refresh_every, refresh_data=(X, y),
-        model_name=cfg.model, input_shape=run.spec.input_shape, seed=cfg.seed,
+        run.float_model,
+        run.fisher,
+        budget,
+        space,
+        cost=cost,
+        lam=cfg.lam,
+        algorithm=cfg.algorithm,
+        refresh_every=cfg.refresh_every,
+        refresh_data=(X, y),
+        model_name=cfg.model,
+        input_shape=run.spec.input_shape,
+        seed=cfg.seed,
         progress=cfg.progress,
     )
     write_json(dest / "plan.json", result.plan.to_dict())
@@ -453,9 +529,16 @@ def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> 
     calibrate(qmodel, torch.from_numpy(data.X_train))
     built_acc = evaluate(qmodel, data.X_test, data.y_test)
     metrics = finetune_model(
-        qmodel, masks, data, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-        optimizer=cfg.optimizer, schedule=cfg.schedule, batch_size=cfg.batch_size,
-        seed=cfg.seed, progress=cfg.progress,
+        qmodel,
+        masks,
+        data,
+        epochs=cfg.finetune_epochs,
+        lr=cfg.finetune_lr,
+        optimizer=cfg.optimizer,
+        schedule=cfg.schedule,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=cfg.progress,
     )
     qmodel.eval()
     save_quant_model(dest / "model.pt", qmodel, masks)
@@ -488,20 +571,33 @@ def _check_measured(plan: CompressionPlan, measured) -> None:
                 )
 
 
-def measure_resources(run: Run, plan: CompressionPlan, qmodel, model: str = "da4ml") -> ResourceReport:
+def measure_resources(
+    run: Run, plan: CompressionPlan, qmodel, model: str = "da4ml"
+) -> ResourceReport:
     """The accurate resource report of a built design (da4ml, analytical, or vendor report)."""
     from fitc.backends.resources import get_resource_model, quant_input_types, quant_int_weights
 
     rm = get_resource_model(model)
     if model == "da4ml":
-        return rm.estimate(plan, run.hardware, weights=quant_int_weights(qmodel, [lp.name for lp in plan.layers]),
-                           input_types=quant_input_types(qmodel), progress=run.cfg.progress)
+        return rm.estimate(
+            plan,
+            run.hardware,
+            weights=quant_int_weights(qmodel, [lp.name for lp in plan.layers]),
+            input_types=quant_input_types(qmodel),
+            progress=run.cfg.progress,
+        )
     if model == "report":
         return rm.estimate(plan, run.hardware, report_dir=run.dir / "hls4ml")
     return rm.estimate(plan, run.hardware)
 
 
-_REPORT_FIELD = {"lut": "lut", "ff": "ff", "dsp": "dsp", "bram": "bram_18k", "latency": "latency_cycles"}
+_REPORT_FIELD = {
+    "lut": "lut",
+    "ff": "ff",
+    "dsp": "dsp",
+    "bram": "bram_18k",
+    "latency": "latency_cycles",
+}
 
 
 def _totals(report: ResourceReport) -> dict[str, float]:
@@ -546,7 +642,9 @@ def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
 
     run = open_run(cfg)
     train(run)
-    return sensitivity_table(run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits))
+    return sensitivity_table(
+        run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
+    )
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:

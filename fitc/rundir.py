@@ -27,7 +27,17 @@ from fitc.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
-_PACKAGES = ("fitc", "torch", "brevitas", "qonnx", "hls4ml", "onnx", "onnxruntime", "numpy", "da4ml")
+_PACKAGES = (
+    "fitc",
+    "torch",
+    "brevitas",
+    "qonnx",
+    "hls4ml",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "da4ml",
+)
 
 
 @contextlib.contextmanager
@@ -73,7 +83,9 @@ def load_torch(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or not a weights-only file
-        raise ArtifactError(f"{path}: cannot load as a weights-only torch file ({e.__class__.__name__}: {e})") from e
+        raise ArtifactError(
+            f"{path}: cannot load as a weights-only torch file ({e.__class__.__name__}: {e})"
+        ) from e
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -180,7 +192,7 @@ class RunDir:
         # Later stages depend on this one: forget them so they rerun.
         names = list(self.stages)
         if stage in names:
-            for later in names[names.index(stage):]:
+            for later in names[names.index(stage) :]:
                 self.stages.pop(later, None)
         t0 = time.perf_counter()
         metrics = fn() or {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from fitc.artifacts import Budget
 from fitc.backends.devices import (
     PRESETS,
     Device,
@@ -12,8 +14,6 @@ from fitc.backends.devices import (
     load_devices,
     register_device,
 )
-
-from fitc.artifacts import Budget
 from fitc.errors import ConfigError
 
 

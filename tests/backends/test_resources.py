@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fitc.artifacts import Budget, CompressionPlan, HardwareConfig, LayerPlan, ResourceReport
 from fitc.backends.resources import (
     COST_KINDS,
     RESOURCE_MODELS,
@@ -25,8 +27,6 @@ from fitc.backends.resources import (
     plan_input_types,
     read_vendor_report,
 )
-
-from fitc.artifacts import Budget, CompressionPlan, HardwareConfig, LayerPlan, ResourceReport
 from fitc.errors import ConfigError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vivado-report"
@@ -279,7 +279,6 @@ def test_da4ml_dsp_layers_follow_the_hls4ml_rule():
 def test_quant_weights_and_input_types_from_brevitas():
     torch = pytest.importorskip("torch")
     from fitc.backends.resources import quant_input_types, quant_int_weights
-
     from fitc.build import apply_plan, calibrate, fixed_point_quantize, make_plan
 
     torch.manual_seed(0)

@@ -15,7 +15,11 @@ SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # ty
 
 def fitc(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "fitc.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "fitc.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -28,7 +32,9 @@ def test_help_on_every_subcommand(sub, capsys):
 
 
 def test_required_subcommands_exist():
-    assert {"train", "run", "search", "sensitivity", "export", "verify", "lower"} <= set(SUBCOMMANDS)
+    assert {"train", "run", "search", "sensitivity", "export", "verify", "lower"} <= set(
+        SUBCOMMANDS
+    )
 
 
 def _assert_one_line_error(res, match):

@@ -19,7 +19,9 @@ def test_defaults_are_the_documented_main_job():
 
 def test_yaml_then_flags_win(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model: digits-cnn\nfinetune_epochs: 3\nweight_bits: [8, 4]\nbudget: [size=1/32]\n")
+    f.write_text(
+        "model: digits-cnn\nfinetune_epochs: 3\nweight_bits: [8, 4]\nbudget: [size=1/32]\n"
+    )
     cfg = load_config(f, finetune_epochs=5, seed=None)
     assert cfg.model == "digits-cnn"
     assert cfg.finetune_epochs == 5  # flag wins

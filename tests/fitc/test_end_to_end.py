@@ -18,14 +18,26 @@ pytestmark = [pytest.mark.compile, pytest.mark.slow]
 def fitc(*args):
     return subprocess.run(
         [sys.executable, "-m", "fitc.cli", *args, "--no-progress"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
 @pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
 def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
     out = tmp_path / "run"
-    args = ("run", "--model", model, "--budget", "size=1/32", "--finetune-epochs", "4", "--out", str(out))
+    args = (
+        "run",
+        "--model",
+        model,
+        "--budget",
+        "size=1/32",
+        "--finetune-epochs",
+        "4",
+        "--out",
+        str(out),
+    )
     res = fitc(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((out / "run.json").read_text())["metrics"]
@@ -40,8 +52,15 @@ def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
     assert m["emulation"]["max_abs_diff"] == 0 and m["emulation"]["identical_rows"] == 1
     assert m["finetuned_test_accuracy"] > 0.8
     assert m["resources"]["source"] == "da4ml" and m["resources"]["lut"] > 0
-    for name in ("float.pt", "masks.pt", "model.pt", "model.qonnx.onnx", "model.qcdq.onnx",
-                 "hls4ml/SUMMARY.md", "resources.json"):
+    for name in (
+        "float.pt",
+        "masks.pt",
+        "model.pt",
+        "model.qonnx.onnx",
+        "model.qcdq.onnx",
+        "hls4ml/SUMMARY.md",
+        "resources.json",
+    ):
         assert (out / name).exists(), name
     assert "Traceback" not in res.stderr
 
@@ -55,7 +74,9 @@ def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
 
     data = load_data(get_spec(model))
     np.save(tmp_path / "X.npy", data.X_test[:50])
-    res = fitc("verify", "--onnx", str(out / "model.qonnx.onnx"), "--inputs", str(tmp_path / "X.npy"))
+    res = fitc(
+        "verify", "--onnx", str(out / "model.qonnx.onnx"), "--inputs", str(tmp_path / "X.npy")
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "qonnx" in res.stdout
 
@@ -63,7 +84,9 @@ def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
     res = fitc("estimate", str(out), "--model", "analytical")
     assert res.returncode == 0 and "resources (analytical)" in res.stdout
     res = fitc("synth", str(out))
-    assert res.returncode == 2 and "not found on PATH" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2 and "not found on PATH" in res.stderr and "Traceback" not in res.stderr
+    )
 
 
 def test_impossible_hardware_budget_is_reported_up_front(tmp_path):

@@ -54,7 +54,11 @@ def test_no_improvement_stops():
 
 
 def test_iteration_limit_stops():
-    h = [it(1, 20_000.0, calibrated=False), it(2, 15_000.0, calibrated=True), it(3, 12_000.0, calibrated=True)]
+    h = [
+        it(1, 20_000.0, calibrated=False),
+        it(2, 15_000.0, calibrated=True),
+        it(3, 12_000.0, calibrated=True),
+    ]
     assert next_step(h, TARGETS, max_iterations=3).reason == "max_iterations"
     assert not next_step(h, TARGETS, max_iterations=4).stop
 
