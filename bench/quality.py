@@ -254,9 +254,12 @@ def print_table(rows: list[dict], n_seeds: int) -> None:
         (row["model"], row["budget"], m)
         for row in rows
         for m in METHODS[1:]
-        if row[m].test_acc is not None and row[m].test_acc > row["fitc"].test_acc
+        if row[m].test_acc is not None and row[m].test_acc > row["fitc"].test_acc + 1e-9
     ]
-    print("\nbaselines above fitc: " + (", ".join(f"{a} {b} {c}" for a, b, c in wins) or "none"))
+    print(
+        "\nbaselines above fitc (ties excluded): "
+        + (", ".join(f"{a} {b} {c}" for a, b, c in wins) or "none")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
