@@ -35,6 +35,7 @@ class RunConfig:
     out: str | None = None  # run directory; None = runs/<model>-<budget>
     # float training
     float_from: str | None = None  # reuse trained float weights (float.pt) instead of training
+    fisher_from: str | None = None  # reuse a Fisher (fisher.pt) of that float model
     train_epochs: int | None = None  # None: the model's own default (zoo)
     train_lr: float = 3e-3
     batch_size: int = 64

@@ -110,9 +110,11 @@ class Run:
 
     @cached_property
     def fisher(self):
-        from fitc.fisher import estimate_fisher
+        from fitc.fisher import Fisher, estimate_fisher
 
         cfg = self.cfg
+        if cfg.fisher_from:  # shared Fisher of the shared float model (sweeps)
+            return Fisher.from_state(load_torch(cfg.fisher_from))
         return estimate_fisher(
             self.float_model,
             torch.from_numpy(self.data.X_train),
@@ -122,6 +124,10 @@ class Run:
             seed=cfg.seed,
             progress=cfg.progress,
         )
+
+    def save_fisher(self, path: Path) -> None:
+        """Write this run's Fisher (weights-only loadable) for other runs' ``fisher_from``."""
+        save_torch(path, self.fisher.to_state())
 
     @cached_property
     def plan(self) -> CompressionPlan:
@@ -251,6 +257,7 @@ def _search_inputs(run: Run) -> tuple:
     c = run.cfg
     return (
         run.targets,
+        Path(c.fisher_from) if c.fisher_from else None,
         c.weight_bits,
         c.act_bits,
         c.per_layer_prune,

@@ -923,21 +923,26 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
     """Run the pipeline for one point into ``sweep_dir/points/<key>/``.
 
     The float model of each model is trained once, under ``sweep_dir/shared/<model>/`` (a file lock
-    keeps concurrent workers on one machine from training it twice), and handed to every point
-    through ``float_from``. Returns the flattened metrics (:func:`point_metrics`).
+    keeps concurrent workers on one machine from training it twice), and its Fisher estimated once
+    there; both are handed to every point through ``float_from`` and ``fisher_from``. Returns the flattened metrics (:func:`point_metrics`).
     """
     from fitc.pipeline import run_pipeline
 
     sweep_dir = Path(sweep_dir)
     cfg = point.run_config(progress=False)
-    float_from = cfg.float_from
+    float_from, fisher_from = cfg.float_from, cfg.fisher_from
     if float_from is None:
         shared = sweep_dir / "shared" / cfg.model
         with _file_lock(sweep_dir / "shared" / f".{cfg.model}.lock"):
-            run_pipeline(cfg.replace(out=str(shared)), until="train")
+            shared_run = run_pipeline(cfg.replace(out=str(shared)), until="train")
+            if fisher_from is None and not (shared / "fisher.pt").is_file():
+                shared_run.save_fisher(shared / "fisher.pt")
         float_from = str(shared / "float.pt")
+        fisher_from = fisher_from or str(shared / "fisher.pt")
     run_dir = sweep_dir / "points" / point.key
-    run = run_pipeline(cfg.replace(out=str(run_dir), float_from=float_from))
+    run = run_pipeline(
+        cfg.replace(out=str(run_dir), float_from=float_from, fisher_from=fisher_from)
+    )
     return point_metrics(run.dir.path)
 
 

@@ -5,6 +5,7 @@ marker file per execution, so executions can be counted across processes."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -446,7 +447,11 @@ def test_real_sweep_shares_the_float_model_and_reports(tmp_path):
     rows = read_csv(sweep / "results.csv")
     assert len({r["float_accuracy"] for r in rows}) == 1  # one shared float model
     assert (sweep / "shared" / "digits-mlp" / "float.pt").is_file()
+    shared_fisher = sweep / "shared" / "digits-mlp" / "fisher.pt"  # one Fisher for every point
+    assert shared_fisher.is_file()
     for r in rows:
+        recorded = json.loads((Path(r["run_dir"]) / "run.json").read_text())["config"]
+        assert recorded["fisher_from"] == str(shared_fisher)
         assert 0 < r["accuracy"] <= 1 and 0 < r["size"] <= 1 / 8 + 1e-9
         assert Path(r["run_dir"]) == sweep / "points" / r["key"]
         assert (Path(r["run_dir"]) / "plan.json").is_file()
