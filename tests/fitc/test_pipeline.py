@@ -34,3 +34,36 @@ def test_changed_training_input_retrains(tmp_path, caplog):
     run_pipeline(RunConfig(out=out, progress=False, train_epochs=3), until="train")
     assert "stage train: done" in caplog.text
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train_epochs"] == 3
+
+
+def test_device_budget_closes_the_loop_until_the_design_fits(tmp_path):
+    """Search against the fast model, measure with da4ml, recalibrate: the result fits the part."""
+    from fitc.artifacts import CompressionPlan
+    from fitc.backends.devices import device_budgets, get_device
+    from fitc.loop import LoopIteration
+
+    out = tmp_path / "run"
+    cfg = RunConfig(
+        out=str(out),
+        progress=False,
+        device="xc7z020",
+        fraction=0.25,
+        finetune_epochs=3,
+        until="finetune",
+    )
+    run = run_pipeline(cfg)
+    targets = {b.kind: b.limit for b in device_budgets(get_device("xc7z020"), 0.25)}
+    loop = json.loads((out / "loop.json").read_text())
+    history = [LoopIteration.from_dict(h) for h in loop["history"]]
+    assert loop["targets"] == targets and loop["fits"] is True
+    assert 1 <= len(history) <= cfg.max_loop_iterations
+    chosen = history[loop["chosen_iteration"] - 1]
+    assert chosen.accurate["lut"] <= targets["lut"] and chosen.accurate["dsp"] <= targets["dsp"]
+    assert history[0].calibrated is False
+    assert all(h.fast_layers_raw.keys() == h.accurate_layers.keys() for h in history)
+    # The chosen iteration's plan is the run's plan, and run.json summarises the loop.
+    chosen_plan = json.loads((out / "loop" / f"iter{chosen.iteration}" / "plan.json").read_text())
+    assert CompressionPlan.from_dict(chosen_plan) == run.plan
+    metrics = json.loads((out / "run.json").read_text())["metrics"]
+    assert metrics["loop"]["iterations"] == len(history)
+    assert metrics["finetuned_test_accuracy"] == chosen.accuracy
