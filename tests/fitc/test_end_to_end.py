@@ -88,6 +88,13 @@ def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model):
         res.returncode == 2 and "not found on PATH" in res.stderr and "Traceback" not in res.stderr
     )
 
+    # A report a user can read without opening JSON.
+    res = fitc("report", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "## Equivalence" in md and "qonnx → hls4ml" in md
+    assert (out / "plots" / "plan_layers.png").stat().st_size > 5000
+
 
 def test_impossible_hardware_budget_is_reported_up_front(tmp_path):
     res = fitc("run", "--budget", "lut=10", "--out", str(tmp_path / "run"))
