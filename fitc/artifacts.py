@@ -102,6 +102,10 @@ class Budget(_Json):
             limit = float(Fraction(value))
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"budget {text!r}: {value!r} is not a number or fraction") from None
+        if kind.lower() == "combined":
+            raise ConfigError(
+                f"budget {text!r}: 'combined' is internal; give each limit, e.g. lut=20000 dsp=0"
+            )
         return cls(kind.lower(), limit)
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,7 +125,8 @@ def _config(args: argparse.Namespace, run_dir: Path | None = None):
 
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     if "budget" in flags:
-        flags["budget"] = [b for item in flags["budget"] for b in item.split(",") if b]
+        # Within one run every budget applies at once: "lut=20000,dsp=0" = "lut=20000+dsp=0".
+        flags["budget"] = [b for item in flags["budget"] for b in re.split(r"[,+]", item) if b]
     if run_dir is not None:
         if not (run_dir / RUN_JSON).is_file():
             raise FitcError(
@@ -178,7 +180,13 @@ def cmd_stage(stage: str):
     def cmd(args: argparse.Namespace) -> int:
         from fitc.pipeline import run_pipeline
 
-        run = run_pipeline(_config(args, Path(args.dir)), until=stage)
+        run_dir = Path(args.dir)
+        if not (run_dir / "model.pt").is_file() and (run_dir / "run.json").is_file():
+            raise FitcError(
+                f"{run_dir} has no fine-tuned model yet (model.pt); run `fitc run --out {run_dir}` "
+                f"(or `fitc run --until finetune`) first"
+            )
+        run = run_pipeline(_config(args, run_dir), until=stage)
         _print_summary(run)
         return 0
 
@@ -218,6 +226,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.onnx is not None and args.dir is not None:
+        raise FitcError("give either a run directory or --onnx FILE, not both")
     if args.onnx is None:
         if args.dir is None:
             raise FitcError(
@@ -440,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"fitc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or directory the user named: missing, not writable, …
+        if args.debug:
+            raise
+        print(f"fitc {args.command}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fitc: interrupted; finished stages are kept in the run directory", file=sys.stderr)

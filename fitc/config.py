@@ -166,8 +166,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if origin is tuple:
         item = args[0]
         items = value if isinstance(value, (list, tuple)) else [value]
-        if item is int and isinstance(value, str):
-            items = [s for s in value.split(",") if s.strip()]
+        if isinstance(value, str):  # "8,6,4" or "size=1/16,lut=2000" (+ also joins budgets)
+            items = [s.strip() for s in re.split(r"[,+]" if name == "budget" else ",", value)]
+            items = [s for s in items if s]
         try:
             return tuple(int(x) if item is int else str(x) for x in items)
         except (TypeError, ValueError):

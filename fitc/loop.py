@@ -12,8 +12,8 @@ function of that history and the user's targets:
   last design), and for every target still missed after a calibrated search, tighten the limit the
   search sees in proportion to the miss (``limit · target / measured · margin``).
 
-The pipeline keeps the best design that fits (highest accuracy); when none fits it reports the one
-closest to the targets.
+The pipeline keeps the design that fits with the highest validation accuracy; when none fits it
+keeps the one closest to the targets.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class LoopIteration(_Json):
     accurate: dict = field(default_factory=dict)
     fast_layers_raw: dict = field(default_factory=dict)
     accurate_layers: dict = field(default_factory=dict)
-    accuracy: float = 0.0
+    accuracy: float = 0.0  # test accuracy after fine-tuning (reported)
+    val_accuracy: float = 0.0  # validation accuracy after fine-tuning (what the loop selects on)
     wall_time_s: float = 0.0
 
 

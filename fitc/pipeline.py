@@ -80,7 +80,10 @@ class Run:
             budgets += device_budgets(self.cfg.device, self.cfg.fraction)
         if not budgets:
             budgets = [Budget.parse(DEFAULT_BUDGET)]
-        return {b.kind: b.limit for b in budgets}
+        targets: dict[str, float] = {}
+        for b in budgets:  # a kind given twice (a flag and a device fraction): the tighter wins
+            targets[b.kind] = min(b.limit, targets.get(b.kind, b.limit))
+        return targets
 
     @property
     def hardware_budget(self) -> bool:
@@ -255,7 +258,9 @@ def train(run: Run) -> None:
 
 def _search_inputs(run: Run) -> tuple:
     c = run.cfg
+    hardware = run.hardware.to_dict() if run.hardware_budget else None
     return (
+        hardware,
         run.targets,
         Path(c.fisher_from) if c.fisher_from else None,
         c.weight_bits,
@@ -303,9 +308,12 @@ def closed_loop(run: Run) -> None:
     from fitc.loop import next_step, overshoot
 
     cfg, hw, targets = run.cfg, run.hardware, run.targets
+    accurate_model = cfg.resource_model if cfg.resource_model != "report" else "da4ml"
 
     def fn() -> dict:
-        history, calibration = [], {}
+        shutil.rmtree(run.dir / "loop", ignore_errors=True)  # iterations of an earlier loop
+        history, metrics_of, reason = [], {}, ""
+        calibration: dict[str, float] = {}
         decision = next_step([], targets)
         while True:
             k = len(history) + 1
@@ -314,53 +322,48 @@ def closed_loop(run: Run) -> None:
             it_dir = run.dir / "loop" / f"iter{k}"
             try:
                 plan = _search_once(run, budget, cost, it_dir)
-            except BudgetInfeasibleError:
+            except BudgetInfeasibleError as e:
                 if not history:
-                    raise
+                    raise BudgetInfeasibleError(
+                        f"{e} (fast analytical estimate; targets {targets})", e.smallest_reachable
+                    ) from None
                 log.info("loop: tightened budget %s cannot be reached; stopping", decision.limits)
                 reason = "infeasible"
                 break
-            metrics = _finetune_once(run, plan, run.masks, it_dir)
-            accurate = measure_resources(run, plan, run.qmodel)
+            metrics_of[k] = _finetune_once(run, plan, run.masks, it_dir)
+            accurate = measure_resources(run, plan, run.qmodel, accurate_model)
             history.append(
                 _loop_iteration(
-                    k,
-                    decision,
-                    calibration,
-                    plan,
-                    hw,
-                    accurate,
-                    metrics["finetuned_test_accuracy"],
+                    k, decision, calibration, plan, hw, accurate, metrics_of[k],
                     time.perf_counter() - t0,
                 )
-            )
+            )  # fmt: skip
+            write_json(run.dir / "loop.json", {"targets": targets, "history": history})
             log.info(
                 "loop iteration %d: accurate %s vs targets %s (overshoot %.3f)",
-                k,
-                history[-1].accurate,
-                targets,
-                overshoot(history[-1].accurate, targets),
-            )
+                k, history[-1].accurate, targets, overshoot(history[-1].accurate, targets),
+            )  # fmt: skip
             decision = next_step(history, targets, max_iterations=cfg.max_loop_iterations)
             if decision.stop:
                 reason = decision.reason
                 break
             calibration = decision.calibration
 
+        # The design to keep: the best on validation among those that fit, else the closest.
         fitting = [h for h in history if overshoot(h.accurate, targets) <= 1.0]
         best = (
-            max(fitting, key=lambda h: h.accuracy)
+            max(fitting, key=lambda h: h.val_accuracy)
             if fitting
             else min(history, key=lambda h: overshoot(h.accurate, targets))
         )
         for name in PLAN_FILES:
-            shutil.copy2(
-                run.dir / "loop" / f"iter{best.iteration}" / name, run.dir / f".{name}.tmp"
-            )
-            (run.dir / f".{name}.tmp").replace(run.dir / name)
+            tmp = run.dir / f".{name}.tmp"
+            shutil.copy2(run.dir / "loop" / f"iter{best.iteration}" / name, tmp)
+            tmp.replace(run.dir / name)
         run.forget("plan", "masks", "qmodel")
         summary = {
             "targets": targets,
+            "accurate_model": accurate_model,
             "iterations": len(history),
             "stop_reason": reason,
             "chosen_iteration": best.iteration,
@@ -368,32 +371,23 @@ def closed_loop(run: Run) -> None:
             "accurate": best.accurate,
             "accuracy": best.accuracy,
         }
-        write_json(run.dir / "loop.json", {**summary, "history": [h.to_dict() for h in history]})
+        write_json(run.dir / "loop.json", {**summary, "history": history})
         if not fitting:
             log.warning(
                 "no design met %s after %d iterations (%s); keeping the closest, iteration %d: %s",
-                targets,
-                len(history),
-                reason,
-                best.iteration,
-                best.accurate,
-            )
+                targets, len(history), reason, best.iteration, best.accurate,
+            )  # fmt: skip
         plan = run.plan
         return {
+            **metrics_of[best.iteration],
             "loop": summary,
             "budget": targets,
             "planned_cost": plan.achieved_cost,
             "predicted_fit": plan.predicted_fit,
-            "finetuned_test_accuracy": best.accuracy,
-            **_size_metrics(run.qmodel, plan),
         }
 
-    run.stage(
-        "loop",
-        (*_search_inputs(run), *_finetune_inputs(run), hw.to_dict(), cfg.max_loop_iterations),
-        [*PLAN_FILES, "loop.json"],
-        fn,
-    )
+    inputs = (*_search_inputs(run), *_finetune_inputs(run), accurate_model, cfg.max_loop_iterations)
+    run.stage("loop", inputs, [*PLAN_FILES, "loop.json"], fn)
 
 
 def export(run: Run) -> None:
@@ -619,7 +613,7 @@ def _fits(report: ResourceReport, targets: dict[str, float]) -> bool | None:
     return all(totals[k] <= v for k, v in hw.items())
 
 
-def _loop_iteration(k, decision, calibration, plan, hw, accurate, accuracy, wall):
+def _loop_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall):
     from fitc.backends.resources import AnalyticalModel
     from fitc.loop import LoopIteration
 
@@ -633,7 +627,8 @@ def _loop_iteration(k, decision, calibration, plan, hw, accurate, accuracy, wall
         accurate=_totals(accurate),
         fast_layers_raw={lp.name: float(x.lut) for lp, x in zip(plan.layers, raw, strict=True)},
         accurate_layers={lr.name: float(lr.lut) for lr in accurate.layers},
-        accuracy=float(accuracy),
+        accuracy=float(metrics["finetuned_test_accuracy"]),
+        val_accuracy=float(metrics.get("finetune_val_accuracy", 0.0)),
         wall_time_s=round(wall, 3),
     )
 

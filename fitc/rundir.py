@@ -149,10 +149,11 @@ class RunDir:
             "config": existing.get("config", {}),
             "versions": package_versions(),
             "stages": existing.get("stages", {}),
-            "metrics": existing.get("metrics", {}),
+            "metrics": {},
         }
         if config is not None:
             self.record["config"] = config
+        self._merge_metrics()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -163,9 +164,17 @@ class RunDir:
 
     @property
     def metrics(self) -> dict[str, Any]:
+        """The metrics of the stages still valid, merged in stage order (read-only view)."""
         return self.record["metrics"]
 
+    def _merge_metrics(self) -> None:
+        merged: dict[str, Any] = {}
+        for rec in self.stages.values():
+            merged.update(rec.get("metrics", {}))
+        self.record["metrics"] = merged
+
     def save(self) -> None:
+        self._merge_metrics()
         write_json(self.path / RUN_JSON, self.record)
 
     def is_done(self, stage: str, fp: str) -> bool:
@@ -173,6 +182,22 @@ class RunDir:
         if not rec or rec.get("fingerprint") != fp:
             return False
         return all((self.path / o).exists() for o in rec.get("outputs", []))
+
+    def _invalidate(self, stage: str, outputs: list[str]) -> list[str]:
+        """Forget ``stage``, every stage that wrote one of ``outputs``, and every stage after the
+        first of those (they depend on it). Returns the outputs of the forgotten stages."""
+        names = list(self.stages)
+        hit = [
+            i
+            for i, name in enumerate(names)
+            if name == stage or set(self.stages[name].get("outputs", [])) & set(outputs)
+        ]
+        stale: list[str] = []
+        if hit:
+            for name in names[min(hit) :]:
+                stale += self.stages.pop(name).get("outputs", [])
+            self.save()
+        return stale
 
     def run_stage(
         self,
@@ -184,24 +209,31 @@ class RunDir:
         """Run ``fn`` unless ``stage`` is already done with fingerprint ``fp``.
 
         ``fn`` writes ``outputs`` (names relative to the run directory) and returns metrics to merge
-        into ``run.json``. Returns True if the stage ran, False if it was reused.
+        into ``run.json``. Returns True if the stage ran, False if it was reused. Before ``fn``
+        runs, the stages it invalidates are forgotten in ``run.json`` (so a crash cannot leave a
+        record pointing at overwritten files); only once it succeeded are their other, now stale,
+        outputs removed — a failed stage leaves every earlier file where it was.
         """
         if self.is_done(stage, fp):
             log.info("stage %s: reusing %s", stage, ", ".join(outputs) or "results")
             return False
-        # Later stages depend on this one: forget them so they rerun.
-        names = list(self.stages)
-        if stage in names:
-            for later in names[names.index(stage) :]:
-                self.stages.pop(later, None)
+        stale = self._invalidate(stage, outputs)
         t0 = time.perf_counter()
         metrics = fn() or {}
         wall = time.perf_counter() - t0
         missing = [o for o in outputs if not (self.path / o).exists()]
         if missing:
             raise ArtifactError(f"stage {stage} finished without writing {missing}")
-        self.stages[stage] = {"fingerprint": fp, "wall_time_s": round(wall, 3), "outputs": outputs}
-        self.metrics.update(metrics)
+        for name in set(stale) - set(outputs):
+            path = self.path / name
+            if path.is_file():
+                path.unlink()
+        self.stages[stage] = {
+            "fingerprint": fp,
+            "wall_time_s": round(wall, 3),
+            "outputs": outputs,
+            "metrics": metrics,
+        }
         self.save()
         log.info("stage %s: done in %.2f s", stage, wall)
         return True

@@ -1380,7 +1380,10 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
         base.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
@@ -1391,7 +1394,10 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         k, sep, v = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. finetune_epochs=5")
-        base[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            base[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: {v!r} is not a valid value") from None
     models = getattr(args, "model", None) or ([base.pop("model")] if "model" in base else None)
     strategies = getattr(args, "strategy", None) or (
         [base.pop("strategy")] if "strategy" in base else None

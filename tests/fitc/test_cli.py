@@ -75,3 +75,43 @@ def test_debug_shows_traceback(tmp_path):
 def test_stage_command_on_a_non_run_directory(tmp_path):
     res = fitc("export", str(tmp_path))
     _assert_one_line_error(res, "not a fitc run directory")
+
+
+def test_train_search_sensitivity_as_a_user_runs_them(tmp_path):
+    out = tmp_path / "run"
+    res = fitc("train", "--model", "digits-mlp", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    acc = float(res.stdout.split("test accuracy")[1].split()[0])
+    assert acc >= 0.95
+    res = fitc("train", "--model", "digits-mlp", "--out", str(out), "--no-progress")
+    assert "stage train: reusing float.pt" in res.stderr and "stage train: done" not in res.stderr
+
+    res = fitc("search", "--budget", "size=1/16", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stage train: reusing" in res.stderr  # the float model is not retrained
+    assert (
+        "sparsity" in res.stdout and (out / "plan.json").is_file() and (out / "masks.pt").is_file()
+    )
+
+    res = fitc("sensitivity", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[0] == "name" and len(lines) == 5  # header + 4 layers
+    sens = [float(line.split()[-1]) for line in lines[1:]]
+    assert sens == sorted(sens, reverse=True)
+
+    res = fitc("export", str(out))  # searched but not fine-tuned: says what to do
+    _assert_one_line_error(res, "no fine-tuned model yet")
+
+
+def test_out_path_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = fitc("train", "--out", str(f))
+    _assert_one_line_error(res, "exists")
+
+
+def test_internal_budget_kind_is_refused(tmp_path):
+    res = fitc("run", "--budget", "combined=1", "--out", str(tmp_path / "run"))
+    _assert_one_line_error(res, "'combined' is internal")
+    assert not (tmp_path / "run").exists()

@@ -79,3 +79,43 @@ def test_fingerprint_tracks_file_content(tmp_path):
     f.write_bytes(b"2")
     assert fingerprint("x", f) != a
     assert fingerprint({"b": 1, "a": 2}) == fingerprint({"a": 2, "b": 1})
+
+
+def test_stage_writing_the_same_outputs_invalidates_the_other_mode(tmp_path):
+    """A size-budget run (search) then a hardware-loop run (loop) into one directory: going back
+    to the first must not reuse the second's plan, and the loop's stale files must go."""
+
+    def writer(value, extra=()):
+        def fn():
+            write_json(tmp_path / "plan.json", {"v": value})
+            for name in extra:
+                write_json(tmp_path / name, {"v": value})
+            return {"planned": value}
+
+        return fn
+
+    rd = RunDir(tmp_path)
+    rd.run_stage("search", "fp-size", ["plan.json"], writer("size"))
+    rd.run_stage(
+        "export", "fp-exp", ["graph.json"], lambda: write_json(tmp_path / "graph.json", {})
+    )
+    rd.run_stage("loop", "fp-hw", ["plan.json", "loop.json"], writer("hw", ["loop.json"]))
+    assert list(rd.stages) == ["loop"]  # search (same output) and export (after it) forgotten
+    assert not (tmp_path / "graph.json").exists()
+    assert rd.run_stage("search", "fp-size", ["plan.json"], writer("size"))  # redone, not reused
+    assert json.loads((tmp_path / "plan.json").read_text()) == {"v": "size"}
+    assert not (tmp_path / "loop.json").exists()
+    assert RunDir(tmp_path).metrics == {"planned": "size"}
+
+
+def test_failed_stage_keeps_earlier_files_but_forgets_their_records(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.run_stage("a", "1", ["a.json"], lambda: write_json(tmp_path / "a.json", {"v": 1}))
+
+    def boom():
+        raise RuntimeError("search failed")
+
+    with pytest.raises(RuntimeError):
+        rd.run_stage("a", "2", ["a.json"], boom)
+    assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
+    assert "a" not in RunDir(tmp_path).stages
