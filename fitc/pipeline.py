@@ -462,7 +462,13 @@ def estimate(run: Run, model: str | None = None) -> ResourceReport:
             "fits": _fits(report, run.targets),
         }
 
-    run.stage("estimate", (name, run.hardware.to_dict()), ["resources.json"], fn)
+    # Vendor reports change when the user synthesizes again: they are inputs of this stage.
+    reports = (
+        sorted(p for p in (run.dir / "hls4ml").rglob("*") if p.suffix in (".rpt", ".xml"))
+        if name == "report"
+        else []
+    )
+    run.stage("estimate", (name, run.hardware.to_dict(), *reports), ["resources.json"], fn)
     return ResourceReport.from_dict(read_json(run.dir / "resources.json"))
 
 

@@ -53,7 +53,7 @@ from typing import Any
 
 from fitc.artifacts import Budget
 from fitc.errors import ConfigError, FitcError
-from fitc.rundir import RUN_JSON, read_json, write_json, write_text
+from fitc.rundir import RUN_JSON, fingerprint, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -935,8 +935,16 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
         shared = sweep_dir / "shared" / cfg.model
         with _file_lock(sweep_dir / "shared" / f".{cfg.model}.lock"):
             shared_run = run_pipeline(cfg.replace(out=str(shared)), until="train")
-            if fisher_from is None and not (shared / "fisher.pt").is_file():
+            # The Fisher belongs to these float weights: recompute it when they changed.
+            fp = fingerprint(shared / "float.pt", cfg.fisher_method, cfg.fisher_max_batches)
+            fp_file = shared / "fisher.fingerprint"
+            if fisher_from is None and (
+                not (shared / "fisher.pt").is_file()
+                or not fp_file.is_file()
+                or fp_file.read_text() != fp
+            ):
                 shared_run.save_fisher(shared / "fisher.pt")
+                write_text(fp_file, fp)
         float_from = str(shared / "float.pt")
         fisher_from = fisher_from or str(shared / "fisher.pt")
     run_dir = sweep_dir / "points" / point.key
@@ -1452,6 +1460,23 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
     )
     recorded = Path(out) / SWEEP_JSON
     if not grid_given and recorded.is_file():
+        from fitc.config import FIELDS
+
+        options = sorted(
+            k
+            for k, v in vars(args).items()
+            if k in FIELDS
+            and k not in _ARG_NOT_BASE
+            and v is not None
+            and k not in ("out", "progress")
+        )
+        if options:
+            raise ConfigError(
+                f"{out} holds a recorded sweep; resuming it keeps its own options, so "
+                f"{', '.join('--' + o.replace('_', '-') for o in options)} would be ignored. "
+                f"Repeat the grid flags to check the options against the recorded ones, or use a "
+                f"new --out"
+            )
         spec = SweepSpec.from_dict(read_json(recorded)["spec"])  # `fitc sweep --out DIR` resumes
         log.info("resuming the sweep recorded in %s", recorded)
     else:

@@ -485,6 +485,10 @@ def test_cli_resume_collect_and_worker_commands(tmp_path, fake):
     assert len(collected.rows) == 3 and (Path(out) / "pareto.csv").is_file()
     with pytest.raises(ConfigError, match="--storage URL and --study NAME"):
         sweep_command(p.parse_args(["worker"]))
+    # resuming keeps the recorded options: an option flag that would be dropped is refused
+    p.add_argument("--finetune-epochs", type=int)
+    with pytest.raises(ConfigError, match="--finetune-epochs would be ignored"):
+        sweep_command(p.parse_args(["--out", out, "--finetune-epochs", "5", *fn]))
 
 
 def test_point_metrics_flattens_a_finished_run(tmp_path):
