@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fitc.config import RunConfig
 from fitc.pipeline import run_pipeline
 
@@ -36,6 +38,7 @@ def test_changed_training_input_retrains(tmp_path, caplog):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train_epochs"] == 3
 
 
+@pytest.mark.compile
 def test_device_budget_closes_the_loop_until_the_design_fits(tmp_path):
     """Search against the fast model, measure with da4ml, recalibrate: the result fits the part."""
     from fitc.artifacts import CompressionPlan
@@ -49,7 +52,6 @@ def test_device_budget_closes_the_loop_until_the_design_fits(tmp_path):
         device="xc7z020",
         fraction=0.25,
         finetune_epochs=3,
-        until="finetune",
     )
     run = run_pipeline(cfg)
     targets = {b.kind: b.limit for b in device_budgets(get_device("xc7z020"), 0.25)}
@@ -67,3 +69,8 @@ def test_device_budget_closes_the_loop_until_the_design_fits(tmp_path):
     metrics = json.loads((out / "run.json").read_text())["metrics"]
     assert metrics["loop"]["iterations"] == len(history)
     assert metrics["finetuned_test_accuracy"] == chosen.accuracy
+    assert "built_test_accuracy" in metrics
+    # The design that fits is still exported and lowered bit for bit, and the final estimate agrees.
+    assert metrics["emulation"]["max_abs_diff"] == 0 and metrics["emulation"]["identical_rows"] == 1
+    assert all(h["max_abs_diff"] == 0 for h in metrics["equivalence"]["hops"])
+    assert metrics["fits"] is True and metrics["resources"]["lut"] == chosen.accurate["lut"]
