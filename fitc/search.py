@@ -20,11 +20,32 @@ Contract:
   no move does. Only the changed layers' terms are recomputed for a candidate move.
 - With ``refresh_data`` the Fisher is re-estimated at the current state's weights every
   ``refresh_every`` expansions on ``refresh_batches`` seeded batches.
+- Budget fill (``refine=True``, the default): from the state the path search returns, reverse
+  moves are taken while one fits the budget: raise one layer's weight bits one rung, lower the
+  pruning level one rung (global, or one layer's with ``per_layer_prune``: the pruned weights of
+  highest importance ``F·w²`` come back until the lower level's count is reached) or raise one
+  input group's activation bits one rung. Among the moves whose cost stays ≤ the limit and that
+  lower the distance to the uncompressed model ``D = Σ F·(θ − w)² + Σ Tr(F_a)·Δ_a²/12`` (the
+  search's current Fisher; only the changed layers are rescored), the one with the largest
+  decrease of ``D`` per unit of cost added is taken (moves adding no cost first, by decrease;
+  ties go to the first in a fixed order). Refinement moves are recorded in the path as
+  ``refine:<move>`` with ``h = 0``; ``g`` keeps summing Fisher lengths. ``refine=False`` gives
+  the path search's state unchanged.
 - An unreachable budget raises :class:`~fitc.errors.BudgetInfeasibleError` up front, from the
   cost of the most compressed state.
 - The result is deterministic for a given model, Fisher, budget, space and seed. Under the
   greedy search a tighter budget never gives a higher cost: ``h``'s scale comes from the expanded
   state, so the order of children not meeting the budget does not depend on the limit.
+  Budget fill keeps that: its choice rule does not depend on the limit, which only decides which
+  moves fit. Let ``R`` be the refined state for limit ``L`` from the search state ``S``, and
+  ``L' < L``. If ``L' < cost(R)``, the plan at ``L'`` costs ≤ ``L' < cost(R)``. Otherwise
+  ``cost(S) ≤ cost(R) ≤ L'``, and the greedy search at ``L'``, which follows the path it took
+  at ``L`` (see above) and stops at the first state meeting the budget, stops at the same
+  ``S``; every move taken at ``L`` costs ≤ ``cost(R) ≤ L'``, so it fits at ``L'`` and is still
+  the best of the smaller set of fitting moves; and no move fits after ``R`` at ``L``, so none
+  does at ``L'``: the plan at ``L'`` is ``R`` itself. (The argument inherits the path search's
+  assumption: ``h`` is clipped at 0 for children meeting the budget, so a child meeting ``L``
+  but not ``L'`` can in principle be ranked differently under the two limits.)
 """
 
 from __future__ import annotations
@@ -139,6 +160,7 @@ class SearchResult:
     fisher: Fisher  # the last Fisher used (after refreshes)
     expansions: int
     refreshes: int
+    refinements: int = 0  # budget-fill moves taken after the path search
 
 
 @dataclass(eq=False)
@@ -200,6 +222,7 @@ class _Planner:
         self._theta: dict[tuple[int, int, int], tuple[torch.Tensor, int]] = {}
         self._theta_numel = 0
         self._prune_cache: dict[tuple, tuple[int, ...]] = {}
+        self._dist: dict[tuple[int, int, int, int], float] = {}
 
     # -- state pieces ----------------------------------------------------------------------
 
@@ -281,6 +304,16 @@ class _Planner:
         d = _delta(self.fisher.act_range[self.names[li]], bits)
         return self.fisher.act_trace[self.names[li]] * d * d / 12.0
 
+    def dist(self, li: int, tok: int, bits: int) -> float:
+        """Σ F·(θ − w)² of layer ``li`` (mask ``tok``, ``bits``) under the current Fisher."""
+        key = (li, tok, bits, self.fisher_version)
+        hit = self._dist.get(key)
+        if hit is None:
+            q, _ = self.theta(li, tok, bits)
+            hit = float(torch.sum(self.F[li].double() * (q.double() - self.w[li].double()) ** 2))
+            self._dist[key] = hit
+        return hit
+
     # -- pruning ---------------------------------------------------------------------------
 
     def _importance(self, li: int, tok: int) -> torch.Tensor:
@@ -311,6 +344,41 @@ class _Planner:
             keep[torch.argsort(imp, stable=True)[:k]] = False
             if not torch.equal(keep, self.mask_store[masks[layer]]):
                 out[layer] = self._new_mask(keep)
+        res = tuple(out)
+        self._prune_cache[key] = res
+        return res
+
+    def unprune_masks(
+        self, masks: tuple[int, ...], level: float, layer: int | None
+    ) -> tuple[int, ...]:
+        """The reverse of :meth:`prune_masks`: the pruned weights of highest importance
+        ``F·w²`` come back until ``floor(level·n)`` stay pruned (masks only ever grow)."""
+        key = ("unprune", masks, self.fisher_version, level, layer)
+        hit = self._prune_cache.get(key)
+        if hit is not None:
+            return hit
+        out = list(masks)
+        members = range(self.L) if layer is None else [layer]
+        keep = torch.cat([self.mask_store[masks[li]] for li in members])
+        n = keep.numel()
+        restore = (n - int(keep.sum())) - math.floor(level * n + 1e-9)
+        if restore > 0:
+            imp = torch.cat(
+                [
+                    torch.where(
+                        self.mask_store[masks[li]],
+                        torch.full_like(self.F[li], -1.0),
+                        self.F[li] * self.w[li] ** 2,
+                    )
+                    for li in members
+                ]
+            )
+            keep = keep.clone()
+            keep[torch.argsort(imp, descending=True, stable=True)[:restore]] = True
+            sizes = [self.w[li].numel() for li in members]
+            for li, part in zip(members, torch.split(keep, sizes), strict=True):
+                if not torch.equal(part, self.mask_store[masks[li]]):
+                    out[li] = self._new_mask(part.clone())
         res = tuple(out)
         self._prune_cache[key] = res
         return res
@@ -382,6 +450,93 @@ class _Planner:
             label = "prune" if layer is None else f"{self.names[layer]}:prune"
             emit(f"{label}:{level:.4g}", step2, node.wb, node.ab, pr, masks, changed)
         return out
+
+    def reverse_children(self, node: _Node) -> list[tuple[_Node, float]]:
+        """All one-rung reverse moves of ``node`` with their decrease of the distance ``D`` to
+        the uncompressed model (only changed layers rescored), in a fixed order."""
+        sp = self.space
+        out: list[tuple[_Node, float]] = []
+
+        def emit(move, gain, step2, wb, ab, pr, masks, changed: Mapping[int, LayerPlan]):
+            plans = list(node.plans)
+            for li, lp in changed.items():
+                plans[li] = lp
+            plans_t = tuple(plans)
+            c = float(self.cost_model(plans_t))
+            g = node.g + math.sqrt(max(step2, 0.0))
+            kid = _Node(wb, ab, pr, masks, plans_t, c, g, 0.0, g, node, f"refine:{move}")
+            out.append((kid, gain))
+
+        for li in range(self.L):
+            if node.wb[li] == 0:
+                continue
+            b0, b1 = self.wbits(node.wb[li]), self.wbits(node.wb[li] - 1)
+            tok = node.masks[li]
+            q0, _ = self.theta(li, tok, b0)
+            q1, nnz = self.theta(li, tok, b1)
+            wb = node.wb[:li] + (node.wb[li] - 1,) + node.wb[li + 1 :]
+            lp = dataclasses.replace(node.plans[li], weight_bits=b1, n_nonzero=nnz)
+            emit(
+                f"{self.names[li]}:w{b0}->w{b1}",
+                self.dist(li, tok, b0) - self.dist(li, tok, b1),
+                self._step2(li, q0, q1),
+                wb,
+                node.ab,
+                node.pr,
+                node.masks,
+                {li: lp},
+            )
+        for gi, members in enumerate(self.group_layers):
+            if node.ab[gi] == 0:
+                continue
+            a0, a1 = self.abits(node.ab[gi]), self.abits(node.ab[gi] - 1)
+            gain = sum(self._act_noise(li, a0) - self._act_noise(li, a1) for li in members)
+            ab = node.ab[:gi] + (node.ab[gi] - 1,) + node.ab[gi + 1 :]
+            changed = {li: dataclasses.replace(node.plans[li], act_bits=a1) for li in members}
+            label = "+".join(self.names[li] for li in members)
+            emit(f"{label}:a{a0}->a{a1}", gain, gain, node.wb, ab, node.pr, node.masks, changed)
+        targets = range(self.L) if sp.per_layer_prune else [None]
+        for pi, layer in enumerate(targets):
+            if node.pr[pi] == 0:
+                continue
+            old, level = sp.prune_levels[node.pr[pi]], sp.prune_levels[node.pr[pi] - 1]
+            masks = self.unprune_masks(node.masks, level, layer)
+            gain = step2 = 0.0
+            changed = {}
+            for li in range(self.L):
+                if masks[li] == node.masks[li]:
+                    continue
+                b = self.wbits(node.wb[li])
+                q0, _ = self.theta(li, node.masks[li], b)
+                q1, nnz = self.theta(li, masks[li], b)
+                gain += self.dist(li, node.masks[li], b) - self.dist(li, masks[li], b)
+                step2 += self._step2(li, q0, q1)
+                changed[li] = dataclasses.replace(node.plans[li], n_nonzero=nnz)
+            pr = node.pr[:pi] + (node.pr[pi] - 1,) + node.pr[pi + 1 :]
+            label = "prune" if layer is None else f"{self.names[layer]}:prune"
+            emit(
+                f"{label}:{old:.4g}->{level:.4g}", gain, step2, node.wb, node.ab, pr, masks, changed
+            )
+        return out
+
+    def refine(self, node: _Node) -> tuple[_Node, int]:
+        """Budget fill: take the best-ratio fitting reverse move until none fits."""
+        taken = 0
+        while math.isfinite(node.cost):
+            best: _Node | None = None
+            best_key: tuple[float, float] = (-math.inf, -math.inf)
+            for kid, gain in self.reverse_children(node):
+                if not (gain > 0.0 and math.isfinite(kid.cost) and kid.cost <= self.limit):
+                    continue
+                added = kid.cost - node.cost
+                key = (math.inf, gain) if added <= 0.0 else (gain / added, gain)
+                if best is None or key > best_key:
+                    best, best_key = kid, key
+            if best is None:
+                break
+            node = best
+            taken += 1
+        return node, taken
 
     def most_compressed(self) -> _Node:
         sp = self.space
@@ -460,6 +615,7 @@ def search_plan(
     seed: int = 0,
     progress: bool = False,
     num_threads: int | None = 1,
+    refine: bool = True,
 ) -> SearchResult:
     """Search a compression plan for ``model`` meeting ``budget`` (see the module docstring).
 
@@ -467,6 +623,8 @@ def search_plan(
     ``input_shape`` (no batch dimension) defaults to the one the Fisher was estimated on.
     ``num_threads``: torch intra-op threads while searching (the search's tensors are small;
     None leaves torch's setting), restored afterwards.
+    ``refine``: fill the budget's slack with reverse moves after the path search (the module
+    docstring); False returns the path search's state.
     """
     before = torch.get_num_threads()
     if num_threads is not None:
@@ -489,6 +647,7 @@ def search_plan(
             input_shape,
             seed,
             progress,
+            refine,
         )
     finally:
         torch.set_num_threads(before)
@@ -511,6 +670,7 @@ def _search_plan(
     input_shape,
     seed,
     progress,
+    refine,
 ) -> SearchResult:
     t0 = time.perf_counter()
     if algorithm not in ALGORITHMS:
@@ -572,6 +732,11 @@ def _search_plan(
             f"raise the limit",
             smallest_reachable=node.cost,
         )
+    refinements = 0
+    if refine:
+        searched = node.cost
+        node, refinements = planner.refine(node)
+        log.debug("budget fill: %d moves, cost %.6g -> %.6g", refinements, searched, node.cost)
 
     steps = []
     n: _Node | None = node
@@ -591,10 +756,12 @@ def _search_plan(
         search_time_s=round(wall - refresh.time_s, 6),
     )
     log.info(
-        "search %s: cost %.6g after %d expansions (%d Fisher refreshes), %.3f s",
+        "search %s: cost %.6g after %d expansions and %d budget-fill moves (%d Fisher "
+        "refreshes), %.3f s",
         budget,
         node.cost,
         expansions,
+        refinements,
         refresh.count,
         wall,
     )
@@ -605,6 +772,7 @@ def _search_plan(
         fisher=planner.fisher,
         expansions=expansions,
         refreshes=refresh.count,
+        refinements=refinements,
     )
 
 

@@ -309,3 +309,130 @@ def test_bad_arguments():
     other = nn.Sequential(OrderedDict(flat=nn.Flatten(), fc=nn.Linear(36, 5)))
     with pytest.raises(ConfigError, match="Fisher"):
         search_plan(other, fisher, Budget("size", 0.1))
+
+
+# ------------------------------------------------------------------------------------------
+# Budget fill (refine=True, the default)
+
+
+def _distance(res, fisher: Fisher) -> float:
+    """Σ F·(θ − w)² + Σ Tr(F_a)·Δ_a²/12 recomputed from the result's weights (the metric the
+    refinement lowers; equals the plan's predicted_fit when the Fisher was not refreshed)."""
+    model = dict(_setup()[0].named_modules())
+    total = 0.0
+    for lp in res.plan.layers:
+        w = model[lp.name].weight.detach().double()
+        f = fisher.weight[lp.name].double()
+        total += float(torch.sum(f * (res.weights[lp.name].double() - w) ** 2))
+        d = fisher.act_range[lp.name] / (2.0**lp.act_bits - 1)
+        total += fisher.act_trace[lp.name] * d * d / 12.0
+    return total
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["size", "bops"]),
+    u=st.floats(0.0, 1.0),
+    per_layer=st.booleans(),
+    v=st.floats(0.0, 1.0),
+)
+def test_budget_fill_meets_budget_lowers_distance_and_is_stable_in_its_slack(kind, u, per_layer, v):
+    model, fisher, *_ = _setup()
+    floor, start = _floor_and_start(kind)
+    limit = math.exp(math.log(floor) + u * (math.log(start * 0.999) - math.log(floor)))
+    limit = min(max(limit, floor), start * 0.999)
+    space = SearchSpace(act_bits=(8, 6, 4), per_layer_prune=True) if per_layer else SearchSpace()
+    try:
+        raw = search_plan(model, fisher, Budget(kind, limit), space, refine=False)
+    except BudgetInfeasibleError:  # the per-layer space's floor is above the default one's
+        return
+    res = search_plan(model, fisher, Budget(kind, limit), space)
+    _check_result(res, model, kind, limit)
+    _check_result(raw, model, kind, limit)
+    n = len(raw.plan.path)
+    # the path search's moves first, then only budget-fill moves; refine=False takes none
+    assert res.plan.path[:n] == raw.plan.path and raw.refinements == 0
+    assert all(s.move.startswith("refine:") for s in res.plan.path[n:])
+    assert all(not s.move.startswith("refine:") for s in raw.plan.path)
+    assert res.refinements == len(res.plan.path) - n and res.expansions == raw.expansions
+    assert all(s.h == 0.0 and s.f == s.g and s.cost <= limit for s in res.plan.path[n:])
+    assert raw.plan.achieved_cost <= res.plan.achieved_cost <= limit
+    # every fill move lowers the Fisher distance to the uncompressed model
+    assert res.plan.predicted_fit <= raw.plan.predicted_fit
+    if res.refinements:
+        assert res.plan.predicted_fit < raw.plan.predicted_fit
+    assert res.plan.predicted_fit == pytest.approx(_distance(res, fisher), rel=1e-9)
+    # reverse moves only: bits never lower, masks only grow
+    for a, b in zip(raw.plan.layers, res.plan.layers, strict=True):
+        assert b.weight_bits >= a.weight_bits and b.act_bits >= a.act_bits
+        assert bool((res.masks[a.name] | ~raw.masks[a.name]).all())
+    # monotone in the limit by design: any limit in [refined cost, limit] gives the same plan,
+    # and a tighter one gives a plan no more costly
+    mid = res.plan.achieved_cost + v * (limit - res.plan.achieved_cost)
+    same = search_plan(model, fisher, Budget(kind, mid), space)
+    assert same.plan.layers == res.plan.layers
+    # the same moves (h and f along the path depend on the limit)
+    assert [(p.move, p.g, p.cost) for p in same.plan.path] == [
+        (p.move, p.g, p.cost) for p in res.plan.path
+    ]
+    assert all(torch.equal(same.masks[k], res.masks[k]) for k in res.masks)
+
+
+def test_budget_fill_uses_every_kind_of_reverse_move():
+    model, fisher, *_ = _setup()
+    floor, start = _floor_and_start("bops")
+    moves: set[str] = set()
+    space = SearchSpace(act_bits=(8, 6, 4), per_layer_prune=True)
+    for sp in (SearchSpace(), space, SearchSpace(act_bits=(8, 6, 4, 3))):
+        for i in range(12):
+            limit = math.exp(math.log(floor) + (i + 0.5) / 12 * (math.log(start) - math.log(floor)))
+            for kind in ("size", "bops"):
+                try:
+                    res = search_plan(model, fisher, Budget(kind, limit), sp)
+                except BudgetInfeasibleError:
+                    continue
+                _check_result(res, model, kind, limit)
+                for s in res.plan.path:
+                    if s.move.startswith("refine:"):
+                        m = s.move.split(":")
+                        moves.add("prune" if "prune" in m else m[-1][0])
+    assert moves == {"w", "prune", "a"}
+
+
+def test_budget_fill_fills_the_slack_of_a_coarse_ladder():
+    model, fisher, *_ = _setup()
+    space = SearchSpace(weight_bits=(8, 4, 2), prune_levels=(0.0, 0.5, 0.9))
+    budget = Budget("size", 0.05)
+    raw = search_plan(model, fisher, budget, space, refine=False)
+    res = search_plan(model, fisher, budget, space)
+    _check_result(res, model, "size", budget.limit)
+    assert res.refinements >= 1 and res.plan.achieved_cost > raw.plan.achieved_cost
+    assert res.plan.path[-1].move.startswith("refine:")
+    assert res.plan.predicted_fit < raw.plan.predicted_fit
+    # A* gets the same treatment
+    astar = search_plan(model, fisher, budget, space, algorithm="astar")
+    _check_result(astar, model, "size", budget.limit)
+    assert (
+        astar.plan.achieved_cost
+        >= search_plan(
+            model, fisher, budget, space, algorithm="astar", refine=False
+        ).plan.achieved_cost
+    )
+
+
+def test_budget_fill_with_a_refreshed_fisher():
+    model, fisher, X, y = _setup()
+    budget = Budget("size", 0.03)
+    kw = dict(refresh_every=3, refresh_data=(X, y), refresh_batch_size=40)
+    raw = search_plan(model, fisher, budget, refine=False, **kw)
+    res = search_plan(model, fisher, budget, **kw)
+    _check_result(res, model, "size", budget.limit)
+    assert res.plan.path[: len(raw.plan.path)] == raw.plan.path
+    assert raw.plan.achieved_cost <= res.plan.achieved_cost <= budget.limit
+    # the fill lowers the distance in the search's (last, refreshed) Fisher
+    assert _distance(res, res.fisher) <= _distance(raw, res.fisher)
