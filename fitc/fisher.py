@@ -485,7 +485,7 @@ def estimate_fisher(
     param = next(model.parameters(), None)
     if param is not None and param.is_floating_point():
         X = X.to(param.dtype)
-    with _intra_op_threads(num_threads):
+    with intra_op_threads(num_threads):
         fisher = _estimate(
             model,
             X,
@@ -513,7 +513,8 @@ def estimate_fisher(
 
 
 @contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Torch intra-op threads set to ``n`` inside the block (None: unchanged), restored after."""
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

@@ -66,7 +66,14 @@ from torch import nn
 from fitc.artifacts import Budget, CompressionPlan, LayerPlan, PathStep
 from fitc.cost import CostModel, cost_for
 from fitc.errors import BudgetInfeasibleError, ConfigError
-from fitc.fisher import Fisher, LayerInfo, estimate_fisher, progress_bar, trace_layers
+from fitc.fisher import (
+    Fisher,
+    LayerInfo,
+    estimate_fisher,
+    intra_op_threads,
+    progress_bar,
+    trace_layers,
+)
 from fitc.space import SearchSpace, quantize_weight
 
 log = logging.getLogger(__name__)
@@ -626,154 +633,109 @@ def search_plan(
     ``refine``: fill the budget's slack with reverse moves after the path search (the module
     docstring); False returns the path search's state.
     """
-    before = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _search_plan(
-            model,
-            fisher,
+    with intra_op_threads(num_threads):
+        t0 = time.perf_counter()
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"search algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ConfigError(f"search lam must be a finite number ≥ 0, got {lam!r}")
+        if refresh_every < 0 or refresh_batches < 1:
+            raise ConfigError(
+                f"refresh_every must be ≥ 0 and refresh_batches ≥ 1, got {refresh_every}, "
+                f"{refresh_batches}"
+            )
+        cost = cost if cost is not None else cost_for(budget)
+        if getattr(cost, "kind", None) != budget.kind:
+            raise ConfigError(
+                f"cost model {cost!r} measures {getattr(cost, 'kind', None)!r} but the budget is "
+                f"{budget}; pass a cost model of kind {budget.kind!r}"
+            )
+        shape = tuple(input_shape) if input_shape is not None else tuple(fisher.input_shape)
+        if not shape:
+            raise ConfigError("search_plan needs input_shape (the Fisher does not record one)")
+        infos = trace_layers(model, torch.zeros((1, *shape)))
+        if {i.name for i in infos} != set(fisher.layers):
+            raise ConfigError(
+                f"the Fisher's layers {fisher.layers} are not the model's compressible layers "
+                f"{[i.name for i in infos]}; estimate the Fisher on this model"
+            )
+
+        planner = _Planner(model, infos, fisher, space, cost, budget, lam)
+        start = planner.start()
+        # h's cost normaliser; an infinite or zero start cost (a zero hardware limit) gives 1
+        cost_start = start.cost if math.isfinite(start.cost) and start.cost > 0 else 1.0
+        floor = planner.most_compressed()
+        if floor.cost > planner.limit:
+            raise BudgetInfeasibleError(
+                f"budget {budget} is unreachable: the most compressed state of the search space "
+                f"({_describe(space)}) has {budget.kind} cost {floor.cost:.6g}; raise the limit to "
+                f"at least that or widen the search space (lower bits, higher pruning levels)",
+                smallest_reachable=floor.cost,
+            )
+        start.h = _h(start.cost, planner.limit, math.sqrt(planner.fisher_mass(start)) / cost_start)
+        start.f = lam * start.h
+
+        refresh = _Refresher(
+            model, planner, refresh_data, refresh_every, refresh_batches, refresh_batch_size, seed
+        )
+        bar = progress_bar(progress, desc=f"search {budget}", unit="exp")
+        expansions = 0
+        try:
+            if algorithm == "greedy":
+                node, expansions = _greedy(planner, start, cost_start, refresh, bar, 0)
+            else:
+                node, expansions = _astar(planner, start, cost_start, refresh, bar, max_expansions)
+        finally:
+            bar.close()
+        if node.cost > planner.limit:
+            raise BudgetInfeasibleError(
+                f"budget {budget} was not reached: the search ended at {budget.kind} cost "
+                f"{node.cost:.6g} (the most compressed state was estimated at {floor.cost:.6g}); "
+                f"raise the limit",
+                smallest_reachable=node.cost,
+            )
+        refinements = 0
+        if refine:
+            searched = node.cost
+            node, refinements = planner.refine(node)
+            log.debug("budget fill: %d moves, cost %.6g -> %.6g", refinements, searched, node.cost)
+
+        steps = []
+        n: _Node | None = node
+        while n is not None:
+            steps.append(PathStep(move=n.move, g=n.g, h=n.h, f=n.f, cost=n.cost))
+            n = n.parent
+        steps.reverse()
+        wall = time.perf_counter() - t0
+        plan = CompressionPlan(
+            model=model_name,
+            layers=node.plans,
+            budget=budget,
+            achieved_cost=node.cost,
+            predicted_fit=planner.predicted_fit(node, fisher),
+            path=tuple(steps),
+            fisher_time_s=round(fisher.wall_time_s + refresh.time_s, 6),
+            search_time_s=round(wall - refresh.time_s, 6),
+        )
+        log.info(
+            "search %s: cost %.6g after %d expansions and %d budget-fill moves (%d Fisher "
+            "refreshes), %.3f s",
             budget,
-            space,
-            cost,
-            lam,
-            algorithm,
-            refresh_every,
-            refresh_data,
-            refresh_batches,
-            refresh_batch_size,
-            max_expansions,
-            model_name,
-            input_shape,
-            seed,
-            progress,
-            refine,
+            node.cost,
+            expansions,
+            refinements,
+            refresh.count,
+            wall,
         )
-    finally:
-        torch.set_num_threads(before)
-
-
-def _search_plan(
-    model,
-    fisher,
-    budget,
-    space,
-    cost,
-    lam,
-    algorithm,
-    refresh_every,
-    refresh_data,
-    refresh_batches,
-    refresh_batch_size,
-    max_expansions,
-    model_name,
-    input_shape,
-    seed,
-    progress,
-    refine,
-) -> SearchResult:
-    t0 = time.perf_counter()
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"search algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ConfigError(f"search lam must be a finite number ≥ 0, got {lam!r}")
-    if refresh_every < 0 or refresh_batches < 1:
-        raise ConfigError(
-            f"refresh_every must be ≥ 0 and refresh_batches ≥ 1, got {refresh_every}, "
-            f"{refresh_batches}"
+        return SearchResult(
+            plan=plan,
+            masks=planner.masks_of(node),
+            weights=planner.weights_of(node),
+            fisher=planner.fisher,
+            expansions=expansions,
+            refreshes=refresh.count,
+            refinements=refinements,
         )
-    cost = cost if cost is not None else cost_for(budget)
-    if getattr(cost, "kind", None) != budget.kind:
-        raise ConfigError(
-            f"cost model {cost!r} measures {getattr(cost, 'kind', None)!r} but the budget is "
-            f"{budget}; pass a cost model of kind {budget.kind!r}"
-        )
-    shape = tuple(input_shape) if input_shape is not None else tuple(fisher.input_shape)
-    if not shape:
-        raise ConfigError("search_plan needs input_shape (the Fisher does not record one)")
-    infos = trace_layers(model, torch.zeros((1, *shape)))
-    if {i.name for i in infos} != set(fisher.layers):
-        raise ConfigError(
-            f"the Fisher's layers {fisher.layers} are not the model's compressible layers "
-            f"{[i.name for i in infos]}; estimate the Fisher on this model"
-        )
-
-    planner = _Planner(model, infos, fisher, space, cost, budget, lam)
-    start = planner.start()
-    # h's cost normaliser; an infinite or zero start cost (a zero hardware limit) gives 1
-    cost_start = start.cost if math.isfinite(start.cost) and start.cost > 0 else 1.0
-    floor = planner.most_compressed()
-    if floor.cost > planner.limit:
-        raise BudgetInfeasibleError(
-            f"budget {budget} is unreachable: the most compressed state of the search space "
-            f"({_describe(space)}) has {budget.kind} cost {floor.cost:.6g}; raise the limit to "
-            f"at least that or widen the search space (lower bits, higher pruning levels)",
-            smallest_reachable=floor.cost,
-        )
-    start.h = _h(start.cost, planner.limit, math.sqrt(planner.fisher_mass(start)) / cost_start)
-    start.f = lam * start.h
-
-    refresh = _Refresher(
-        model, planner, refresh_data, refresh_every, refresh_batches, refresh_batch_size, seed
-    )
-    bar = progress_bar(progress, desc=f"search {budget}", unit="exp")
-    expansions = 0
-    try:
-        if algorithm == "greedy":
-            node, expansions = _greedy(planner, start, cost_start, refresh, bar, 0)
-        else:
-            node, expansions = _astar(planner, start, cost_start, refresh, bar, max_expansions)
-    finally:
-        bar.close()
-    if node.cost > planner.limit:
-        raise BudgetInfeasibleError(
-            f"budget {budget} was not reached: the search ended at {budget.kind} cost "
-            f"{node.cost:.6g} (the most compressed state was estimated at {floor.cost:.6g}); "
-            f"raise the limit",
-            smallest_reachable=node.cost,
-        )
-    refinements = 0
-    if refine:
-        searched = node.cost
-        node, refinements = planner.refine(node)
-        log.debug("budget fill: %d moves, cost %.6g -> %.6g", refinements, searched, node.cost)
-
-    steps = []
-    n: _Node | None = node
-    while n is not None:
-        steps.append(PathStep(move=n.move, g=n.g, h=n.h, f=n.f, cost=n.cost))
-        n = n.parent
-    steps.reverse()
-    wall = time.perf_counter() - t0
-    plan = CompressionPlan(
-        model=model_name,
-        layers=node.plans,
-        budget=budget,
-        achieved_cost=node.cost,
-        predicted_fit=planner.predicted_fit(node, fisher),
-        path=tuple(steps),
-        fisher_time_s=round(fisher.wall_time_s + refresh.time_s, 6),
-        search_time_s=round(wall - refresh.time_s, 6),
-    )
-    log.info(
-        "search %s: cost %.6g after %d expansions and %d budget-fill moves (%d Fisher "
-        "refreshes), %.3f s",
-        budget,
-        node.cost,
-        expansions,
-        refinements,
-        refresh.count,
-        wall,
-    )
-    return SearchResult(
-        plan=plan,
-        masks=planner.masks_of(node),
-        weights=planner.weights_of(node),
-        fisher=planner.fisher,
-        expansions=expansions,
-        refreshes=refresh.count,
-        refinements=refinements,
-    )
 
 
 class _Refresher:
