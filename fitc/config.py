@@ -29,12 +29,16 @@ class RunConfig:
     """Every option of a fitc run. Field names are the YAML keys and, with ``-`` for ``_``, the flags."""
 
     # what to compress
-    model: str = "digits-mlp"
+    model: str = "digits-mlp"  # zoo name, "mlp", path/to/file.py:factory or package.module:factory
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # the factory's kwargs
+    hidden: tuple[int, ...] = (64, 32, 32)  # hidden widths of the generic "mlp"
     data: str | None = None  # built-in dataset name or a user .npz; None = the model's default
     seed: int = 0
     out: str | None = None  # run directory; None = runs/<model>-<budget>
     # float training
+    weights: str | None = None  # trained float weights (a state dict file): skip float training
     float_from: str | None = None  # reuse trained float weights (float.pt) instead of training
+    train_module: bool = False  # a module handed in from Python (fitc.compress): train it first
     fisher_from: str | None = None  # reuse a Fisher (fisher.pt) of that float model
     train_epochs: int | None = None  # None: the model's own default (zoo)
     train_lr: float = 3e-3
@@ -81,6 +85,10 @@ class RunConfig:
             raise ConfigError(
                 "device and fraction go together, e.g. --device xc7z020 --fraction 0.25"
             )
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden widths must be ≥ 1, got {list(self.hidden)}")
+        if self.weights is not None and self.float_from is not None:
+            raise ConfigError("give weights (your trained model) or float_from, not both")
         if self.train_epochs is not None and self.train_epochs < 1:
             raise ConfigError(f"train_epochs must be ≥ 1, got {self.train_epochs}")
         if self.fraction is not None and not (0 < self.fraction <= 1):
@@ -117,7 +125,11 @@ class RunConfig:
         if self.device:
             parts.append(f"{self.device}-{self.fraction:g}")
         slug = "_".join(parts) or "size-1-16"
-        return Path("runs") / f"{self.model}_{slug}"
+        name = self.model
+        if ":" in name:  # file.py:factory → file-factory
+            target, _, factory = name.rpartition(":")
+            name = f"{Path(target).stem.rsplit('.', 1)[-1]}-{factory}"
+        return Path("runs") / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_{slug}"
 
     def replace(self, **overrides: Any) -> RunConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -127,7 +139,7 @@ class RunConfig:
         d = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            d[f.name] = list(v) if isinstance(v, tuple) else v
+            d[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
         return d
 
 
@@ -163,6 +175,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{source}: key {name!r} must be {expected}, got {value!r}")
 
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad("a mapping of names to values (e.g. model_args: {width: 32})")
+        return dict(value)
     if origin is tuple:
         item = args[0]
         items = value if isinstance(value, (list, tuple)) else [value]

@@ -24,6 +24,11 @@ class UnknownModelError(ConfigError):
     """A model name is not in the zoo."""
 
 
+class ModelSourceError(ConfigError):
+    """A user's model cannot be loaded: file missing or changed, import or factory failure,
+    weights that do not match the network."""
+
+
 class UnsupportedLayerError(FitcError):
     """A module the pipeline cannot build, export or lower; the message names module and type."""
 

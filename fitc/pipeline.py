@@ -56,19 +56,37 @@ class Run:
     dir: RunDir
     last_fp: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    module: torch.nn.Module | None = None  # a model handed in from Python (fitc.compress)
 
     # ---- inputs -------------------------------------------------------------------------------
     @cached_property
-    def spec(self):
-        from fitc.models import get_spec
+    def source(self):
+        """Where the network comes from (zoo, generic, the user's file or module, an object)."""
+        from fitc.models import object_source, resolve_model
 
-        return get_spec(self.cfg.model)
+        if self.module is not None:
+            return object_source(self.module)
+        return resolve_model(self.cfg.model, self.cfg.model_args)
 
     @cached_property
-    def data(self):
-        from fitc.models import load_data
+    def _network_and_data(self):
+        from fitc.models import open_network
 
-        return load_data(self.spec, self.cfg.data, seed=self.cfg.seed)
+        return open_network(self.source, self.cfg.data, self.cfg.seed, hidden=self.cfg.hidden)
+
+    @property
+    def network(self):
+        """The network (its source, the compiled network's spec, the user's input shape)."""
+        return self._network_and_data[0]
+
+    @property
+    def spec(self):
+        return self.network.spec
+
+    @property
+    def data(self):
+        """The data, split and standardised, shaped for the compiled network."""
+        return self._network_and_data[1]
 
     @cached_property
     def targets(self) -> dict[str, float]:
@@ -105,10 +123,15 @@ class Run:
     # ---- stage results, loaded from the run directory when the stage was skipped --------------
     @cached_property
     def float_model(self) -> torch.nn.Module:
-        from fitc.models import build_model
-
-        model = build_model(self.cfg.model, seed=self.cfg.seed)
-        model.load_state_dict(load_torch(self.dir / "float.pt"))
+        """The compiled float network (batch norm folded, …) with the weights of ``float.pt``."""
+        model = self.network.compiled_fresh(self.cfg.seed)
+        try:
+            model.load_state_dict(load_torch(self.dir / "float.pt"))
+        except RuntimeError as e:
+            raise ArtifactError(
+                f"{self.dir / 'float.pt'} does not fit the network {self.source.ref} "
+                f"({str(e).splitlines()[0]}); was the model changed? start a new run (--out)"
+            ) from None
         return model.eval()
 
     @cached_property
@@ -172,26 +195,59 @@ class Run:
         return self.dir.run_stage(name, fp, outputs, fn)
 
 
-def open_run(cfg: RunConfig) -> Run:
-    """Validate the model, data and budgets first, so bad input leaves no run directory behind."""
-    run = Run(cfg, dir=None)  # type: ignore[arg-type]
+def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None) -> Run:
+    """Validate the model, data and budgets first, so bad input leaves no run directory behind.
+
+    ``module`` is a network handed in from Python (:func:`fitc.compress`) instead of
+    ``cfg.model``. A recorded run whose model file changed or vanished is refused.
+    """
+    run = Run(cfg, dir=None, module=module)  # type: ignore[arg-type]
+    _check_recorded_source(cfg, run)
     _ = run.spec, run.data, run.targets, run.hardware
-    run.dir = RunDir(cfg.run_dir(), config=cfg.to_dict())
+    config = cfg.to_dict()
+    if run.source.kind == "object":
+        config["model"] = run.source.ref
+    run.dir = RunDir(cfg.run_dir(), config=config, model_source=run.source.to_dict())
     return run
+
+
+def _check_recorded_source(cfg: RunConfig, run: Run) -> None:
+    """Reopening a run made from a user's file: the file must be there and unchanged; a run made
+    from a module handed in from Python needs that module back."""
+    from fitc.errors import ModelSourceError
+    from fitc.models import source_from_dict
+    from fitc.rundir import RUN_JSON
+
+    path = cfg.run_dir() / RUN_JSON
+    if not path.is_file() or run.module is not None:
+        return
+    recorded = read_json(path).get("model_source")
+    if not recorded or recorded.get("ref") != cfg.model:
+        return
+    if recorded.get("kind") == "object":
+        raise ModelSourceError(
+            f"{cfg.run_dir()}: this run's model was handed in from Python "
+            f"({recorded.get('factory')}); reopen it with fitc.load_run(DIR, model=<that module>)"
+        )
+    if dict(recorded.get("args") or {}) == dict(cfg.model_args):
+        source_from_dict(recorded).check_unchanged()
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver
 
 
-def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
+def run_pipeline(
+    cfg: RunConfig, *, until: str | None = None, module: torch.nn.Module | None = None
+) -> Run:
     """Run the pipeline up to and including stage ``until`` (default: the config's).
 
     ``until="export"`` includes the verification: an exported graph is never left unchecked.
+    ``module``: a network handed in from Python instead of ``cfg.model`` (see :func:`open_run`).
     """
     until = until or cfg.until
     last = STAGES.index("verify" if until == "export" else until)
-    run = open_run(cfg)
+    run = open_run(cfg, module=module)
 
     train(run)
     if last >= STAGES.index("search"):
@@ -216,44 +272,121 @@ def run_pipeline(cfg: RunConfig, *, until: str | None = None) -> Run:
 
 
 def train(run: Run) -> None:
-    from fitc.models import build_model, evaluate, train_float
+    """The float network: trained here, or the user's trained weights, then compiled (BN folded)."""
+    from fitc.models import evaluate, load_weights, train_float
 
-    cfg = run.cfg
+    cfg, net = run.cfg, run.network
+    weights = Path(cfg.weights).expanduser() if cfg.weights else None
 
     def fn() -> dict:
-        model = build_model(cfg.model, seed=cfg.seed)
+        _check_buildable(run)
+        metrics: dict[str, Any] = {}
         if cfg.float_from:  # shared float model (sweeps): reuse, do not retrain
+            model = net.compiled_fresh(cfg.seed)
             model.load_state_dict(load_torch(cfg.float_from))
-            metrics: dict[str, Any] = {"float_from": cfg.float_from}
+            metrics["float_from"] = cfg.float_from
         else:
-            metrics = train_float(
-                model,
-                run.data,
-                epochs=cfg.train_epochs or run.spec.train_epochs,
-                lr=cfg.train_lr,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                progress=cfg.progress,
-            )
+            user_data = net.user_view(run.data)
+            if weights is not None:
+                model = net.fresh(cfg.seed)
+                metrics.update(load_weights(model, weights))
+            elif run.module is not None and not cfg.train_module:
+                model = net.fresh(cfg.seed)
+                metrics["weights"] = "the module handed in (not trained by fitc)"
+            else:
+                model = net.trainable(cfg.seed)
+                metrics = train_float(
+                    model,
+                    user_data,
+                    epochs=cfg.train_epochs or run.spec.train_epochs,
+                    lr=cfg.train_lr,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    progress=cfg.progress,
+                )
+            user_acc = evaluate(model, user_data.X_test, user_data.y_test)
+            model = _compile_checked(net, model, user_data)
+            if net.changes:
+                metrics["compiled"] = list(net.changes)
+                metrics["float_test_accuracy_as_written"] = user_acc
         save_torch(run.dir / "float.pt", model.state_dict())
         run.__dict__["float_model"] = model.eval()
         metrics["float_test_accuracy"] = evaluate(model, run.data.X_test, run.data.y_test)
+        if run.module is not None and not cfg.train_module and weights is None:
+            chance = 1.0 / run.spec.num_classes
+            if metrics["float_test_accuracy"] < 1.5 * chance:
+                log.warning(
+                    "the module handed in scores %.3f (chance %.3f): is it trained? pass "
+                    "train=True to fitc.compress to train it first",
+                    metrics["float_test_accuracy"], chance,
+                )  # fmt: skip
         return metrics
 
     run.stage(
         "train",
         (
-            cfg.model,
+            run.source.to_dict(),
+            cfg.hidden,
             run.data_fingerprint(),
             cfg.seed,
             cfg.train_epochs,
             cfg.train_lr,
             cfg.batch_size,
             Path(cfg.float_from) if cfg.float_from else None,
+            weights,
+            _module_fingerprint(run) if cfg.weights is None else None,
         ),
         ["float.pt"],
         fn,
     )
+
+
+def _module_fingerprint(run: Run) -> Any:
+    """A module handed in from Python: its weights are an input of the train stage."""
+    if run.module is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in run.module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return (h.hexdigest(), run.cfg.train_module)
+
+
+def _check_buildable(run: Run) -> None:
+    """Build the compiled network once at 8 bits before any work: unsupported graphs fail now."""
+    from fitc.build import apply_plan, make_plan
+
+    model = run.network.compiled_fresh(run.cfg.seed)
+    plan = make_plan(model, model_name=run.spec.name, input_shape=run.spec.input_shape)
+    apply_plan(model, plan, None)
+
+
+def _compile_checked(net, model: torch.nn.Module, user_data) -> torch.nn.Module:
+    """Compile (fold BN, …) and check the compiled network computes what the user's network does."""
+    import numpy as np
+
+    compiled = net.compile(model)
+    if not net.changes:
+        return compiled
+    X = torch.from_numpy(user_data.X_test[:512])
+    Xc = X.reshape(len(X), *net.spec.input_shape)
+    with torch.no_grad():
+        want = model.eval()(X)
+        got = compiled.eval()(Xc)
+    if any("softmax" in c for c in net.changes):  # the compiled network outputs logits
+        same = bool((want.argmax(1) == got.argmax(1)).float().mean() >= 0.999)
+        err = 0.0 if same else float("inf")
+    else:
+        scale = float(want.abs().max()) or 1.0
+        err = float((want - got).abs().max()) / scale
+    if not np.isfinite(err) or err > 1e-4:
+        raise ArtifactError(
+            f"compiling {net.source.ref} ({'; '.join(net.changes)}) changed its outputs "
+            f"(relative max |diff| {err:.3g}); please report this model"
+        )
+    return compiled
 
 
 def _search_inputs(run: Run) -> tuple:

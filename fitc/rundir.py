@@ -141,18 +141,26 @@ def package_versions() -> dict[str, str]:
 class RunDir:
     """A run directory and its ``run.json``."""
 
-    def __init__(self, path: str | os.PathLike, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        config: dict[str, Any] | None = None,
+        model_source: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         existing = read_json(self.path / RUN_JSON) if (self.path / RUN_JSON).exists() else {}
         self.record: dict[str, Any] = {
             "config": existing.get("config", {}),
+            "model_source": existing.get("model_source"),
             "versions": package_versions(),
             "stages": existing.get("stages", {}),
             "metrics": {},
         }
         if config is not None:
             self.record["config"] = config
+        if model_source is not None:
+            self.record["model_source"] = model_source
         self._merge_metrics()
 
     def __truediv__(self, name: str) -> Path:

@@ -1,23 +1,43 @@
-"""fitc.models: the model zoo, datasets and float training.
+"""fitc.models: where networks come from, their data, and the float network fitc compresses.
 
-``get_spec``/``build_model`` give a named float model, ``load_data`` its validated, split and
-standardised data, ``train_float``/``evaluate`` train and score it. See each module's contract.
+``resolve_model`` turns ``--model`` (a zoo name, ``mlp``, ``file.py:factory``,
+``package.module:factory``) into a source; ``open_network`` matches it with its data (input shape
+and classes from the data for non-zoo models) and compiles it (batch norm folded, dropout removed,
+1-D layers as 2-D: :mod:`.prepare`); ``load_weights`` reads a user's trained state dict safely;
+``train_float``/``evaluate`` train and score it. See each module's contract.
 """
 
 from __future__ import annotations
 
-from .data import BUILTIN_DATASETS, Dataset, load_data
+from .data import BUILTIN_DATASETS, Dataset, load_data, spec_for_data
+from .network import Network, open_network
+from .prepare import SUPPORTED, compile_float, for_training
+from .source import GENERIC_MODELS, ModelSource, object_source, resolve_model, source_from_dict
 from .train import evaluate, train_float
+from .weights import load_weights, read_state_dict
 from .zoo import MODELS, ModelSpec, build_model, get_spec
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "GENERIC_MODELS",
     "MODELS",
+    "SUPPORTED",
     "Dataset",
+    "ModelSource",
     "ModelSpec",
+    "Network",
     "build_model",
+    "compile_float",
     "evaluate",
+    "for_training",
     "get_spec",
     "load_data",
+    "load_weights",
+    "object_source",
+    "open_network",
+    "read_state_dict",
+    "resolve_model",
+    "source_from_dict",
+    "spec_for_data",
     "train_float",
 ]

@@ -34,7 +34,7 @@ from .zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "load_data", "BUILTIN_DATASETS", "make_synthetic_cifar"]
+__all__ = ["Dataset", "load_data", "BUILTIN_DATASETS", "make_synthetic_cifar", "spec_for_data"]
 
 _TRAIN_FRACTION = 0.6
 _VAL_FRACTION = 0.2
@@ -285,6 +285,20 @@ def _load_npz(path: Path, spec: ModelSpec):
     return X, y, test
 
 
+def _spec_from_source(data: str, name: str) -> ModelSpec:
+    if data in _BUILTINS:
+        X, y = _BUILTINS[data][0]()
+        return spec_for_data(name, X, [y], f"built-in dataset '{data}'")
+    path = Path(data).expanduser()
+    if not path.exists() and path.suffix != ".npz":
+        return ModelSpec(name=name, input_shape=(1,), num_classes=2)  # load_data names the error
+    arrays = _read_npz(path)
+    if "X" not in arrays or "y" not in arrays:
+        return ModelSpec(name=name, input_shape=(1,), num_classes=2)  # load_data names the error
+    labels = [arrays["y"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
+    return spec_for_data(name, arrays["X"], labels, str(path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Split and standardise
 
@@ -311,8 +325,41 @@ def _standardise(X_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((a - mean) / std).astype(np.float32) for a in (X_train, *others)]
 
 
-def load_data(spec: ModelSpec, data: str | None = None, seed: int = 0) -> Dataset:
-    """Load, validate, split and standardise ``data`` for model ``spec`` (see the module contract)."""
+def spec_for_data(name: str, X: np.ndarray, labels: list[np.ndarray], where: str) -> ModelSpec:
+    """The input shape and number of classes of a model sized by its data (not a zoo entry)."""
+    X = np.asarray(X)
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise DataError(
+            f"{where}: inputs must have a sample axis and feature axes (N, ...), got shape {X.shape}"
+        )
+    n_classes = 0
+    for y in labels:
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] > 1:
+            n_classes = max(n_classes, int(y.shape[1]))
+        elif y.size and y.dtype.kind in "biuf" and np.isfinite(y).all():
+            n_classes = max(n_classes, int(np.max(y)) + 1)
+    if labels and np.asarray(labels[0]).dtype.kind in "biuf" and n_classes < 2:
+        raise DataError(f"{where}: the labels hold fewer than 2 classes; fitc trains classifiers")
+    return ModelSpec(name=name, input_shape=tuple(int(d) for d in X.shape[1:]),
+                     num_classes=max(n_classes, 2))  # fmt: skip
+
+
+def load_data(
+    spec: ModelSpec | None, data: str | None = None, seed: int = 0, *, name: str = "model"
+) -> Dataset:
+    """Load, validate, split and standardise ``data`` for model ``spec`` (see the module contract).
+
+    ``spec=None``: the model is sized by the data (``spec_for_data``; ``name`` labels errors),
+    and ``data`` must be given.
+    """
+    if spec is None:
+        if data is None:
+            raise DataError(
+                f"model {name} is sized by its data: give --data (a built-in dataset: "
+                f"{', '.join(BUILTIN_DATASETS)}, or a .npz file with X, y)"
+            )
+        spec = _spec_from_source(str(data), name)
     if data is None:
         data = spec.default_data
         if data is None:
