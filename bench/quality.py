@@ -19,6 +19,7 @@ weights that quantize to zero.
     python bench/quality.py                       # digits-mlp and digits-cnn, 1/8 … 1/64
     python bench/quality.py --seeds 0 1 2         # mean of three seeds
     python bench/quality.py --models digits-mlp --budgets 1/16 --epochs 15
+    python bench/quality.py --model mlp --data wine       # any data: wine, breast-cancer, X.npz
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from fitc.cost import SizeCost
 from fitc.errors import BudgetInfeasibleError
 from fitc.finetune import finetune
 from fitc.fisher import estimate_fisher
-from fitc.models import build_model, get_spec, load_data, train_float
+from fitc.models import evaluate, open_network, resolve_model, train_float
 from fitc.search import search_plan
 from fitc.space import SearchSpace
 
@@ -116,13 +117,18 @@ def magnitude_plan(model, name, spec, bits: int, limit: float):
 
 
 def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
-    spec = get_spec(name)
-    data = load_data(spec, seed=args.seed)
-    model = build_model(name, seed=args.seed)
+    # Any --model a user gives fitc (zoo, mlp, file.py:factory) on any --data, compiled as the
+    # pipeline compiles it (batch norm folded, …).
+    net, data = open_network(resolve_model(name), args.data, seed=args.seed)
+    spec = net.spec
+    model = net.trainable(args.seed)
     print(f"\n[seed {args.seed}]", end="")
     t0 = time.perf_counter()
-    fm = train_float(model, data, epochs=args.train_epochs, seed=args.seed, progress=False)
-    model.eval()
+    fm = train_float(
+        model, net.user_view(data), epochs=args.train_epochs, seed=args.seed, progress=False
+    )
+    model = net.compile(model).eval()
+    fm["float_test_accuracy"] = evaluate(model, data.X_test, data.y_test)
     print(
         f"\n{name}: float test accuracy {fm['float_test_accuracy']:.4f} "
         f"(trained in {time.perf_counter() - t0:.1f} s)",
@@ -264,7 +270,19 @@ def print_table(rows: list[dict], n_seeds: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn"])
+    p.add_argument(
+        "--models",
+        "--model",
+        nargs="+",
+        default=["digits-mlp", "digits-cnn"],
+        help="zoo names, mlp (sized by --data) or path/to/file.py:factory",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset for every model: built-in (digits, wine, breast-cancer) or a .npz file; "
+        "default: each model's own",
+    )
     p.add_argument("--budgets", nargs="+", default=["1/8", "1/16", "1/32", "1/64"])
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (all methods)")
     p.add_argument("--lr", type=float, default=1e-3)

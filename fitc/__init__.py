@@ -3,8 +3,23 @@
 The stages are plain functions (see ``fitc.pipeline``); the artifacts between them live in
 ``fitc.artifacts``. The search core (``fitc.fisher``, ``fitc.space``, ``fitc.search``) imports only
 torch and numpy.
+
+``fitc.compress(model, data, budget=...)`` compresses the network you have; ``fitc.load_run(DIR)``
+reopens a run (see :mod:`fitc.api`).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The API imports torch; keep ``import fitc`` light for tools that only read artifacts.
+    if name in ("compress", "load_run"):
+        from fitc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fitc' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "compress", "load_run"]

@@ -43,11 +43,29 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument(
-        "--model", help="model from the zoo: digits-mlp (default), digits-cnn, jet-mlp, resnet8"
+        "--model",
+        help="your network: path/to/file.py:factory or package.module:factory (a function or "
+        "class returning an nn.Module); or mlp (sized by the data, see --hidden); or from the "
+        "zoo: digits-mlp (default), digits-cnn, jet-mlp, resnet8",
     )
     g.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument for the model factory (repeat; VALUE is read as YAML: 32, 0.1, "
+        "[8, 16], true, text)",
+    )
+    g.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="trained float weights of your network (torch.save(model.state_dict(), FILE), or a "
+        "checkpoint dict with state_dict/model_state_dict): skips float training",
+    )
+    g.add_argument("--hidden", help="hidden widths of --model mlp (default 64,32,32)")
+    g.add_argument(
         "--data",
-        help="built-in dataset (digits, wine, breast-cancer) or a user .npz file "
+        help="built-in dataset (digits, wine, breast-cancer) or your .npz file "
         "with X, y (optional X_test, y_test)",
     )
     g.add_argument("--train-epochs", type=int, help="float training epochs")
@@ -124,6 +142,8 @@ def _config(args: argparse.Namespace, run_dir: Path | None = None):
     from fitc.rundir import RUN_JSON, read_json
 
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    if "model_args" in flags:
+        flags["model_args"] = _model_args_flags(flags["model_args"])
     if "budget" in flags:
         # Within one run every budget applies at once: "lut=20000,dsp=0" = "lut=20000+dsp=0".
         flags["budget"] = [b for item in flags["budget"] for b in re.split(r"[,+]", item) if b]
@@ -135,6 +155,23 @@ def _config(args: argparse.Namespace, run_dir: Path | None = None):
         recorded = read_json(run_dir / RUN_JSON).get("config", {})
         return load_config(args.config, base=recorded, **{**flags, "out": str(run_dir)})
     return load_config(args.config, **flags)
+
+
+def _model_args_flags(items: list[str]) -> dict[str, Any]:
+    """``--model-arg key=value`` flags as keyword arguments (values read with yaml.safe_load)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise FitcError(f"--model-arg {item!r}: expected KEY=VALUE with KEY a Python name")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,11 +125,7 @@ class RunConfig:
         if self.device:
             parts.append(f"{self.device}-{self.fraction:g}")
         slug = "_".join(parts) or "size-1-16"
-        name = self.model
-        if ":" in name:  # file.py:factory → file-factory
-            target, _, factory = name.rpartition(":")
-            name = f"{Path(target).stem.rsplit('.', 1)[-1]}-{factory}"
-        return Path("runs") / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_{slug}"
+        return Path("runs") / f"{model_slug(self.model)}_{slug}"
 
     def replace(self, **overrides: Any) -> RunConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -141,6 +137,15 @@ class RunConfig:
             v = getattr(self, f.name)
             d[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
         return d
+
+
+def model_slug(model: str) -> str:
+    """A model reference as one safe path component: ``nets/my.py:build`` → ``my-build``."""
+    name = str(model)
+    if ":" in name:
+        target, _, factory = name.rpartition(":")
+        name = f"{Path(target).stem.rsplit('.', 1)[-1]}-{factory}"
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "model"
 
 
 _CHOICES = {

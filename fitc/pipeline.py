@@ -183,6 +183,21 @@ class Run:
             qcdq_path=str(self.dir / Path(graph.qcdq_path).name) if graph.qcdq_path else None,
         )
 
+    # ---- what a finished run offers ------------------------------------------------------------
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.dir.metrics
+
+    @property
+    def qonnx_path(self) -> Path | None:
+        path = self.dir / "model.qonnx.onnx"
+        return path if path.is_file() else None
+
+    @property
+    def hls4ml_dir(self) -> Path | None:
+        path = self.dir / "hls4ml"
+        return path if (self.dir / "hls4ml.json").is_file() else None
+
     def forget(self, *names: str) -> None:
         """Drop cached stage results so they are loaded again from the run directory."""
         for name in names:

@@ -42,14 +42,15 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
     keeps concurrent workers on one machine from training it twice), and its Fisher estimated once
     there; both are handed to every point through ``float_from`` and ``fisher_from``. Returns the flattened metrics (:func:`point_metrics`).
     """
+    from fitc.config import model_slug
     from fitc.pipeline import run_pipeline
 
     sweep_dir = Path(sweep_dir)
     cfg = point.run_config(progress=False)
     float_from, fisher_from = cfg.float_from, cfg.fisher_from
     if float_from is None:
-        shared = sweep_dir / "shared" / cfg.model
-        with _file_lock(sweep_dir / "shared" / f".{cfg.model}.lock"):
+        shared = sweep_dir / "shared" / model_slug(cfg.model)
+        with _file_lock(sweep_dir / "shared" / f".{model_slug(cfg.model)}.lock"):
             shared_run = run_pipeline(cfg.replace(out=str(shared)), until="train")
             # The Fisher belongs to these float weights: recompute it when they changed.
             fp = fingerprint(shared / "float.pt", cfg.fisher_method, cfg.fisher_max_batches)
