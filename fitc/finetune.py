@@ -5,7 +5,7 @@ Contract (:func:`finetune`):
 - trains the Brevitas model from :func:`fitc.build.apply_plan` (started from the float weights)
   with straight-through quantizers, cross-entropy, Adam or SGD (momentum 0.9, Nesterov), a cosine
   or constant learning rate stepped per batch, for ``epochs`` epochs; the activation scales are
-  calibrated first if they are not yet (:func:`fitc.build.calibrate`);
+  calibrated first if they are not yet (:func:`fitc.quant.calibrate`);
 - the support is fixed: a weight that is zero in the built model's *integer* weights (pruned by
   the mask, or a kept weight that already quantized to zero, which the plan counted as zero) gets no
   gradient and is reset to exactly zero after every optimizer step; a weight in the support that
@@ -31,15 +31,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fitc.build import (
+from fitc.errors import ConfigError
+from fitc.quant import (
     calibrate,
     evaluate_quant,
     fixed_point_quantize,
     int_weight,
     is_calibrated,
+    out_positions,
     quant_layers,
 )
-from fitc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,8 @@ def finetune(
 
 
 def _macs_per_sample(qmodel: nn.Module, data: Any) -> int:
-    from fitc.build import _out_positions
-
     layers = quant_layers(qmodel)
-    pos = _out_positions(qmodel, layers, tuple(np.asarray(data.X_train).shape[1:]))
+    pos = out_positions(qmodel, layers, tuple(np.asarray(data.X_train).shape[1:]))
     return sum(m.weight.numel() * pos.get(n, 1) for n, m in layers.items())
 
 

@@ -333,8 +333,23 @@ def test_average_pool_gets_its_own_quantizer_and_a_final_relu_returns_a_tensor()
     assert measure_layers(qmodel, plan, input_shape=(1, 4, 4)) == plan.layers
 
 
-def test_finetune_is_importable_from_build():
-    from fitc.build import finetune
-    from fitc.finetune import finetune as ft
+def test_build_and_finetune_share_the_quant_helpers_without_a_cycle():
+    import ast
+    import inspect
 
-    assert finetune is ft
+    import fitc.build
+    import fitc.finetune
+    import fitc.quant
+
+    imported = {
+        mod.__name__: {
+            n.module
+            for n in ast.walk(ast.parse(inspect.getsource(mod)))
+            if isinstance(n, ast.ImportFrom) and n.module
+        }
+        for mod in (fitc.build, fitc.finetune, fitc.quant)
+    }
+    assert "fitc.finetune" not in imported["fitc.build"]
+    assert "fitc.build" not in imported["fitc.finetune"]
+    assert not imported["fitc.quant"] & {"fitc.build", "fitc.finetune"}
+    assert fitc.build.calibrate is fitc.quant.calibrate
