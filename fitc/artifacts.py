@@ -313,6 +313,16 @@ class ResourceReport(_Json):
     initiation_interval_cycles: float
     layers: tuple[LayerResources, ...] = ()
 
+    def totals(self) -> dict[str, float]:
+        """The totals by budget kind (``lut``, ``ff``, ``dsp``, ``bram``, ``latency``)."""
+        return {
+            "lut": float(self.lut),
+            "ff": float(self.ff),
+            "dsp": float(self.dsp),
+            "bram": float(self.bram_18k),
+            "latency": float(self.latency_cycles),
+        }
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ResourceReport:
         d = dict(d)

@@ -417,7 +417,7 @@ def apply_plan(
     }
     gm.eval()
     if check:
-        _check_against_plan(plan, measure_layers(gm, plan))
+        check_against_plan(plan, measure_layers(gm, plan))
     return gm
 
 
@@ -434,7 +434,7 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Modul
     new.args = (node,)
 
 
-def _check_against_plan(plan: CompressionPlan, measured: tuple[LayerPlan, ...]) -> None:
+def check_against_plan(plan: CompressionPlan, measured: tuple[LayerPlan, ...]) -> None:
     for lp, m in zip(plan.layers, measured, strict=True):
         for key in ("weight_bits", "act_bits", "n_nonzero"):
             if getattr(lp, key) != getattr(m, key):
@@ -620,7 +620,7 @@ def load_quant_model(
     except RuntimeError as e:
         raise ArtifactError(f"{path}: does not match the plan's model ({e})") from e
     qmodel.eval()
-    _check_against_plan(plan, measure_layers(qmodel, plan))
+    check_against_plan(plan, measure_layers(qmodel, plan))
     return qmodel
 
 
@@ -629,6 +629,7 @@ __all__ = [
     "apply_plan",
     "bias_bit_width",
     "calibrate",
+    "check_against_plan",
     "evaluate_quant",
     "fixed_point_quantize",
     "float_layers",

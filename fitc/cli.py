@@ -324,8 +324,6 @@ def _fmt(v: Any) -> str:
 
 
 def _print_summary(run) -> None:
-    from fitc.pipeline import summary_rows
-
     m = run.dir.metrics
     if (run.dir / "plan.json").is_file():
         _print_table(summary_rows(run))
@@ -364,6 +362,21 @@ def _print_summary(run) -> None:
             f"{'fits' if lp['fits'] else 'DOES NOT FIT'} {lp['targets']}"
         )
     print(f"{'run directory':>28}: {run.dir.path}")
+
+
+def summary_rows(run) -> list[dict[str, Any]]:
+    """Per-layer rows for the CLI's summary table."""
+    return [
+        {
+            "layer": lp.name,
+            "w_bits": lp.weight_bits,
+            "a_bits": lp.act_bits,
+            "weights": lp.n_weights,
+            "nonzero": lp.n_nonzero,
+            "sparsity": f"{lp.sparsity:.1%}",
+        }
+        for lp in run.plan.layers
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,16 @@ class LoopDecision:
     calibration: dict = field(default_factory=dict)  # torch name → LUT scale of the fast model
 
 
+def fits(measured: dict[str, float], targets: dict[str, float]) -> bool | None:
+    """Whether ``measured`` totals meet every hardware target (None: no hardware target)."""
+    from fitc.artifacts import HARDWARE_KINDS
+
+    hw = {k: v for k, v in targets.items() if k in HARDWARE_KINDS}
+    if not hw:
+        return None
+    return all(measured[k] <= v for k, v in hw.items())
+
+
 def overshoot(measured: dict[str, float], targets: dict[str, float]) -> float:
     """The worst measured/target ratio over the targets (≤ 1 means the design fits).
 

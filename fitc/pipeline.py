@@ -217,35 +217,17 @@ def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None) -> Run:
     ``cfg.model``. A recorded run whose model file changed or vanished is refused.
     """
     run = Run(cfg, dir=None, module=module)  # type: ignore[arg-type]
-    _check_recorded_source(cfg, run)
+    if run.module is None and (cfg.run_dir() / "run.json").is_file():
+        from fitc.models import check_recorded_source
+
+        recorded = read_json(cfg.run_dir() / "run.json").get("model_source")
+        check_recorded_source(recorded, cfg.model, cfg.model_args, cfg.run_dir())
     _ = run.spec, run.data, run.targets, run.hardware
     config = cfg.to_dict()
     if run.source.kind == "object":
         config["model"] = run.source.ref
     run.dir = RunDir(cfg.run_dir(), config=config, model_source=run.source.to_dict())
     return run
-
-
-def _check_recorded_source(cfg: RunConfig, run: Run) -> None:
-    """Reopening a run made from a user's file: the file must be there and unchanged; a run made
-    from a module handed in from Python needs that module back."""
-    from fitc.errors import ModelSourceError
-    from fitc.models import source_from_dict
-    from fitc.rundir import RUN_JSON
-
-    path = cfg.run_dir() / RUN_JSON
-    if not path.is_file() or run.module is not None:
-        return
-    recorded = read_json(path).get("model_source")
-    if not recorded or recorded.get("ref") != cfg.model:
-        return
-    if recorded.get("kind") == "object":
-        raise ModelSourceError(
-            f"{cfg.run_dir()}: this run's model was handed in from Python "
-            f"({recorded.get('factory')}); reopen it with fitc.load_run(DIR, model=<that module>)"
-        )
-    if dict(recorded.get("args") or {}) == dict(cfg.model_args):
-        source_from_dict(recorded).check_unchanged()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,13 +270,13 @@ def run_pipeline(
 
 def train(run: Run) -> None:
     """The float network: trained here, or the user's trained weights, then compiled (BN folded)."""
-    from fitc.models import evaluate, load_weights, train_float
+    from fitc.models import evaluate, load_weights, module_fingerprint, train_float
 
     cfg, net = run.cfg, run.network
     weights = Path(cfg.weights).expanduser() if cfg.weights else None
 
     def fn() -> dict:
-        _check_buildable(run)
+        net.check_buildable(cfg.seed)
         metrics: dict[str, Any] = {}
         if cfg.float_from:  # shared float model (sweeps): reuse, do not retrain
             model = net.compiled_fresh(cfg.seed)
@@ -320,7 +302,7 @@ def train(run: Run) -> None:
                     progress=cfg.progress,
                 )
             user_acc = evaluate(model, user_data.X_test, user_data.y_test)
-            model = _compile_checked(net, model, user_data)
+            model = net.compile_checked(model, user_data)
             if net.changes:
                 metrics["compiled"] = list(net.changes)
                 metrics["float_test_accuracy_as_written"] = user_acc
@@ -349,59 +331,11 @@ def train(run: Run) -> None:
             cfg.batch_size,
             Path(cfg.float_from) if cfg.float_from else None,
             weights,
-            _module_fingerprint(run) if cfg.weights is None else None,
+            (module_fingerprint(run.module), cfg.train_module) if run.module is not None else None,
         ),
         ["float.pt"],
         fn,
     )
-
-
-def _module_fingerprint(run: Run) -> Any:
-    """A module handed in from Python: its weights are an input of the train stage."""
-    if run.module is None:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in run.module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return (h.hexdigest(), run.cfg.train_module)
-
-
-def _check_buildable(run: Run) -> None:
-    """Build the compiled network once at 8 bits before any work: unsupported graphs fail now."""
-    from fitc.build import apply_plan, make_plan
-
-    model = run.network.compiled_fresh(run.cfg.seed)
-    plan = make_plan(model, model_name=run.spec.name, input_shape=run.spec.input_shape)
-    apply_plan(model, plan, None)
-
-
-def _compile_checked(net, model: torch.nn.Module, user_data) -> torch.nn.Module:
-    """Compile (fold BN, …) and check the compiled network computes what the user's network does."""
-    import numpy as np
-
-    compiled = net.compile(model)
-    if not net.changes:
-        return compiled
-    X = torch.from_numpy(user_data.X_test[:512])
-    Xc = X.reshape(len(X), *net.spec.input_shape)
-    with torch.no_grad():
-        want = model.eval()(X)
-        got = compiled.eval()(Xc)
-    if any("softmax" in c for c in net.changes):  # the compiled network outputs logits
-        same = bool((want.argmax(1) == got.argmax(1)).float().mean() >= 0.999)
-        err = 0.0 if same else float("inf")
-    else:
-        scale = float(want.abs().max()) or 1.0
-        err = float((want - got).abs().max()) / scale
-    if not np.isfinite(err) or err > 1e-4:
-        raise ArtifactError(
-            f"compiling {net.source.ref} ({'; '.join(net.changes)}) changed its outputs "
-            f"(relative max |diff| {err:.3g}); please report this model"
-        )
-    return compiled
 
 
 def _search_inputs(run: Run) -> tuple:
@@ -597,6 +531,7 @@ def lower(run: Run) -> None:
 def estimate(run: Run, model: str | None = None) -> ResourceReport:
     """Resources of the final design by the accurate model (and the fast one, for comparison)."""
     from fitc.backends.resources import AnalyticalModel
+    from fitc.loop import fits
 
     name = model or run.cfg.resource_model
 
@@ -606,8 +541,8 @@ def estimate(run: Run, model: str | None = None) -> ResourceReport:
         fast = AnalyticalModel().estimate(run.plan, run.hardware)
         return {
             "resources": report.to_dict(),
-            "resources_analytical": _totals(fast),
-            "fits": _fits(report, run.targets),
+            "resources_analytical": fast.totals(),
+            "fits": fits(report.totals(), run.targets),
         }
 
     # Vendor reports change when the user synthesizes again: they are inputs of this stage.
@@ -674,13 +609,19 @@ def _search_once(run: Run, budget: Budget, cost, dest: Path) -> CompressionPlan:
 
 def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> dict[str, Any]:
     """Build the plan with Brevitas, calibrate, fine-tune; write model.pt into ``dest``."""
-    from fitc.build import apply_plan, calibrate, measure_layers, save_quant_model
+    from fitc.build import (
+        apply_plan,
+        calibrate,
+        check_against_plan,
+        measure_layers,
+        save_quant_model,
+    )
     from fitc.finetune import finetune as finetune_model
     from fitc.models import evaluate
 
     cfg, data = run.cfg, run.data
     qmodel = apply_plan(run.float_model, plan, masks)
-    _check_measured(plan, measure_layers(qmodel, plan))
+    check_against_plan(plan, measure_layers(qmodel, plan))
     calibrate(qmodel, torch.from_numpy(data.X_train))
     built_acc = evaluate(qmodel, data.X_test, data.y_test)
     metrics = finetune_model(
@@ -715,17 +656,6 @@ def _size_metrics(qmodel, plan: CompressionPlan) -> dict[str, float]:
     return {"achieved_size": SizeCost()(measured), "achieved_bops": BopsCost()(measured)}
 
 
-def _check_measured(plan: CompressionPlan, measured) -> None:
-    """The built model must be the plan: same bits, same non-zero counts, layer by layer."""
-    for lp, m in zip(plan.layers, measured, strict=True):
-        for key in ("weight_bits", "act_bits", "n_nonzero"):
-            if getattr(lp, key) != getattr(m, key):
-                raise ArtifactError(
-                    f"layer {lp.name}: built model has {key}={getattr(m, key)}, plan says "
-                    f"{getattr(lp, key)}"
-                )
-
-
 def measure_resources(
     run: Run, plan: CompressionPlan, qmodel, model: str = "da4ml"
 ) -> ResourceReport:
@@ -746,27 +676,6 @@ def measure_resources(
     return rm.estimate(plan, run.hardware)
 
 
-_REPORT_FIELD = {
-    "lut": "lut",
-    "ff": "ff",
-    "dsp": "dsp",
-    "bram": "bram_18k",
-    "latency": "latency_cycles",
-}
-
-
-def _totals(report: ResourceReport) -> dict[str, float]:
-    return {kind: float(getattr(report, f)) for kind, f in _REPORT_FIELD.items()}
-
-
-def _fits(report: ResourceReport, targets: dict[str, float]) -> bool | None:
-    hw = {k: v for k, v in targets.items() if k in HARDWARE_KINDS}
-    if not hw:
-        return None
-    totals = _totals(report)
-    return all(totals[k] <= v for k, v in hw.items())
-
-
 def _loop_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall):
     from fitc.backends.resources import AnalyticalModel
     from fitc.loop import LoopIteration
@@ -777,8 +686,8 @@ def _loop_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall)
         iteration=k,
         limits=dict(decision.limits),
         calibrated=bool(calibration),
-        fast=_totals(fast),
-        accurate=_totals(accurate),
+        fast=fast.totals(),
+        accurate=accurate.totals(),
         fast_layers_raw={lp.name: float(x.lut) for lp, x in zip(plan.layers, raw, strict=True)},
         accurate_layers={lr.name: float(lr.lut) for lr in accurate.layers},
         accuracy=float(metrics["finetuned_test_accuracy"]),
@@ -801,18 +710,3 @@ def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
     return sensitivity_table(
         run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
     )
-
-
-def summary_rows(run: Run) -> list[dict[str, Any]]:
-    """Per-layer rows for the CLI's summary table."""
-    return [
-        {
-            "layer": lp.name,
-            "w_bits": lp.weight_bits,
-            "a_bits": lp.act_bits,
-            "weights": lp.n_weights,
-            "nonzero": lp.n_nonzero,
-            "sparsity": f"{lp.sparsity:.1%}",
-        }
-        for lp in run.plan.layers
-    ]

@@ -12,7 +12,15 @@ from __future__ import annotations
 from .data import BUILTIN_DATASETS, Dataset, load_data, spec_for_data
 from .network import Network, open_network
 from .prepare import SUPPORTED, compile_float, for_training
-from .source import GENERIC_MODELS, ModelSource, object_source, resolve_model, source_from_dict
+from .source import (
+    GENERIC_MODELS,
+    ModelSource,
+    check_recorded_source,
+    module_fingerprint,
+    object_source,
+    resolve_model,
+    source_from_dict,
+)
 from .train import evaluate, train_float
 from .weights import load_weights, read_state_dict
 from .zoo import MODELS, ModelSpec, build_model, get_spec
@@ -27,12 +35,14 @@ __all__ = [
     "ModelSpec",
     "Network",
     "build_model",
+    "check_recorded_source",
     "compile_float",
     "evaluate",
     "for_training",
     "get_spec",
     "load_data",
     "load_weights",
+    "module_fingerprint",
     "object_source",
     "open_network",
     "read_state_dict",

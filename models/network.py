@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fitc.errors import DataError
+from fitc.errors import ArtifactError, DataError
 
 from .data import Dataset, load_data
 from .prepare import Compiled, compile_float, for_training
@@ -67,6 +67,36 @@ class Network:
     def compiled_fresh(self, seed: int = 0) -> nn.Module:
         """The compiled network's structure (weights from ``seed``; load ``float.pt`` into it)."""
         return self.compile(self.fresh(seed))
+
+    def check_buildable(self, seed: int = 0) -> None:
+        """Build the compiled network once at 8 bits: a graph fitc cannot build fails now,
+        before any training."""
+        from fitc.build import apply_plan, make_plan
+
+        model = self.compiled_fresh(seed)
+        plan = make_plan(model, model_name=self.spec.name, input_shape=self.spec.input_shape)
+        apply_plan(model, plan, None)
+
+    def compile_checked(self, model: nn.Module, user_data: Dataset) -> nn.Module:
+        """:meth:`compile`, checked on ``user_data``'s test inputs to compute what ``model`` does
+        (the same argmax when a softmax was dropped, outputs within 1e-4 relative otherwise)."""
+        compiled = self.compile(model)
+        if not self.changes:
+            return compiled
+        X = torch.from_numpy(user_data.X_test[:512])
+        with torch.no_grad():
+            want = model.eval()(X)
+            got = compiled.eval()(X.reshape(len(X), *self.spec.input_shape))
+        if any("softmax" in c for c in self.changes):  # the compiled network outputs logits
+            err = 0.0 if float((want.argmax(1) == got.argmax(1)).float().mean()) >= 0.999 else 1.0
+        else:
+            err = float((want - got).abs().max()) / (float(want.abs().max()) or 1.0)
+        if not np.isfinite(err) or err > 1e-4:
+            raise ArtifactError(
+                f"compiling {self.source.ref} ({'; '.join(self.changes)}) changed its outputs "
+                f"(relative max |diff| {err:.3g}); please report this model"
+            )
+        return compiled
 
     def user_view(self, data: Dataset) -> Dataset:
         """``data`` reshaped to the user's input shape (the same arrays for 2-D networks)."""

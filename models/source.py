@@ -46,9 +46,11 @@ __all__ = [
     "GENERIC_MODELS",
     "ModelSource",
     "generic_mlp",
+    "module_fingerprint",
     "object_source",
     "resolve_model",
     "sha256_of",
+    "check_recorded_source",
     "source_from_dict",
 ]
 
@@ -290,6 +292,15 @@ def resolve_model(ref: str, args: Mapping[str, Any] | None = None) -> ModelSourc
     return src
 
 
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's state (names and tensor bytes): a handed-in module's identity."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def object_source(module: nn.Module) -> ModelSource:
     """The source of a module handed to the Python API."""
     if not isinstance(module, nn.Module):
@@ -307,3 +318,19 @@ def source_from_dict(d: Mapping[str, Any], module: nn.Module | None = None) -> M
         kind=str(d["kind"]), ref=str(d["ref"]), path=d.get("path"), sha256=d.get("sha256"),
         factory=d.get("factory"), args=dict(d.get("args") or {}), module=module,
     )  # fmt: skip
+
+
+def check_recorded_source(
+    recorded: Mapping[str, Any] | None, model: str, model_args: Mapping[str, Any], run_dir: Any
+) -> None:
+    """Reopening a run: a model made from a user's file needs the file there and unchanged; a
+    module handed in from Python needs that module back."""
+    if not recorded or recorded.get("ref") != model:
+        return
+    if recorded.get("kind") == "object":
+        raise ModelSourceError(
+            f"{run_dir}: this run's model was handed in from Python ({recorded.get('factory')}); "
+            "reopen it with fitc.load_run(DIR, model=<that module>)"
+        )
+    if dict(recorded.get("args") or {}) == dict(model_args):
+        source_from_dict(recorded).check_unchanged()
