@@ -241,7 +241,16 @@ def test_pluggable_cost_model():
         search_plan(model, fisher, Budget("size", 0.1), cost=lut)
     with pytest.raises(ConfigError, match="cost="):
         search_plan(model, fisher, Budget("dsp", 3))
-    assert isinstance(SizeCost(), SizeCost) and BopsCost.kind == "bops"
+    # the plan's cost is the pluggable model's value of its layers, recomputed by hand
+    hand = sum(lp.n_nonzero * lp.weight_bits * lp.act_bits / 8 for lp in res.plan.layers)
+    assert res.plan.achieved_cost == pytest.approx(hand, rel=1e-12)
+    # passing the built-in cost model of a kind is the same as passing none
+    default = search_plan(model, fisher, Budget("bops", 0.05))
+    explicit = search_plan(model, fisher, Budget("bops", 0.05), cost=BopsCost())
+    assert explicit.plan.layers == default.plan.layers
+    assert explicit.plan.achieved_cost == pytest.approx(
+        _independent_cost("bops", explicit.plan.layers), rel=1e-12
+    )
 
 
 def test_combined_budgets_and_infinite_costs():

@@ -122,7 +122,20 @@ def test_size_and_bops_costs_by_hand():
 def test_cost_for_budget_kinds():
     assert isinstance(cost_for(Budget("size", 0.1)), SizeCost)
     assert isinstance(cost_for(Budget("bops", 0.1)), BopsCost)
-    assert isinstance(SizeCost(), CostModel)
+    # the cost model of a budget measures that budget's kind: values recomputed by hand
+    layers = [
+        _lp("c", "conv2d", 4, 8, 8 * 3 * 9, 100, 27, 36),
+        _lp("f", "linear", 3, 6, 640, 64, 64),
+    ]
+    size = (100 * 4 + 64 * 3) / ((216 + 640) * 32)
+    num = 216 * 36 * (100 / 216 * 8 * 4 + 8 + 4 + math.log2(27)) + 640 * (
+        64 / 640 * 6 * 3 + 6 + 3 + 6
+    )
+    den = 216 * 36 * (32 * 32 + 64 + math.log2(27)) + 640 * (32 * 32 + 64 + 6)
+    for kind, want in (("size", size), ("bops", num / den)):
+        model = cost_for(Budget(kind, 0.1))
+        assert isinstance(model, CostModel) and model.kind == kind
+        assert model(layers) == pytest.approx(want, rel=1e-12)
     with pytest.raises(ConfigError, match="cost=") as e:
         cost_for(Budget("lut", 1000))
     assert "lut" in str(e.value)
