@@ -3,13 +3,19 @@
 Contract:
 
 - :func:`prepare_qonnx` is the qonnx preparation hls4ml's ONNX frontend needs: ``cleanup_model`` →
-  ``ConvertToChannelsLastAndClean(make_input_channels_last=True)`` (graphs with convolutions only)
-  → ``GemmToMatMul`` → ``cleanup_model``. A CNN's lowered model then takes NHWC input.
+  (graphs with convolutions or pools only) fitc's ``AveragePoolsToChannelsLast``
+  (:mod:`fitc.backends.qonnx_ext`: qonnx 1.0.0 has no channels-last AveragePool; a
+  GlobalAveragePool becomes an AveragePool over the whole plane) →
+  ``ConvertToChannelsLastAndClean(make_input_channels_last=True)`` → ``GemmToMatMul`` →
+  ``cleanup_model``. A CNN's lowered model then takes NHWC input.
 - :func:`hls_config` builds the whole hls4ml configuration in one place: the keyword arguments of
   ``hls4ml.converters.convert_from_onnx_model`` (backend, part, clock period, io type, project name
   and the per-layer ``hls_config`` with granularity ``'name'``). Layer precisions stay ``'auto'``:
   hls4ml derives them from the graph's ``Quant`` nodes; the graph input gets ``fixed<64,32>`` so
-  no float input is truncated before the first quantizer rounds it.
+  no float input is truncated before the first quantizer rounds it. Average pools are the
+  exception: hls4ml sizes them too narrow (its global pool overflowed, its average pool truncates
+  the average to the input's grid), so their ``accum`` and ``result`` are set from the Quant nodes
+  before and after them (:func:`average_pool_types`).
 - :func:`lower` converts, checks every weight layer (below), writes the project to ``out_dir``
   (an hls4ml project a Vitis/Vivado user can synthesize, with ``SUMMARY.md`` and
   ``fitc_hls_project.json``) and compiles the C++ emulation with g++ (``compile=True``).
@@ -20,7 +26,9 @@ Contract:
   representable in ``weight_t``/``bias_t``; ``accum_t`` and ``result_t`` hold every possible sum
   exactly (enough fractional bits for input × weight and for the bias, enough integer bits for the
   largest |Σ w·x + b| over the input type's range). With a plan: ``weight_t`` is signed and exactly
-  ``weight_bits`` wide, and the layer's input type is exactly ``act_bits`` wide.
+  ``weight_bits`` wide, and the layer's input type is exactly ``act_bits`` wide. Every average
+  pool's ``accum_t`` holds each window sum and, with ``result_t``, enough fractional bits for an
+  exact (or exactly re-quantized) average.
 - :func:`emulation_check` runs the compiled emulation on a whole set and compares it with the qonnx
   executor on the original graph (NCHW inputs are transposed to NHWC for the emulation): a
   :class:`~fitc.artifacts.HopReport` (``a="qonnx"``, ``b="hls4ml"``); ``report.exact`` is the bar.
@@ -70,6 +78,10 @@ SUMMARY_NAME = "SUMMARY.md"
 PROJECT_JSON = "fitc_hls_project.json"
 _HLS_CONFIG_FILE = "hls4ml_config.yml"
 _WEIGHT_LAYERS = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D")
+# Graph ops whose data layout matters: a graph with any of them is converted to channels last.
+_LAYOUT_OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+# hls4ml pooling layer classes (pool_op "Average" or "Max").
+_POOL_LAYERS = ("Pooling1D", "Pooling2D", "GlobalPooling1D", "GlobalPooling2D")
 
 # Compiled emulations of this process, by resolved project directory (emulation_check reuses them).
 _COMPILED: dict[str, Any] = {}
@@ -146,6 +158,8 @@ def prepare_qonnx(model: onnx.ModelProto | str | Path) -> Any:
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
 
+    from fitc.backends.qonnx_ext import AveragePoolsToChannelsLast
+
     if not isinstance(model, onnx.ModelProto):
         from fitc.export import load_onnx
 
@@ -153,13 +167,19 @@ def prepare_qonnx(model: onnx.ModelProto | str | Path) -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mw = cleanup_model(ModelWrapper(copy.deepcopy(model)))
-        if any(n.op_type == "Conv" for n in mw.graph.node):
+        if _needs_channels_last(mw.model):
+            # qonnx 1.0.0 has no channels-last AveragePool: fitc's own (backends/qonnx_ext.py)
+            mw = mw.transform(AveragePoolsToChannelsLast())
             mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
         mw = mw.transform(GemmToMatMul())  # warns about Gemm opset versions; the rewrite is exact
         mw = cleanup_model(mw)
     for w in caught:
         log.debug("qonnx preparation: %s", w.message)
     return mw
+
+
+def _needs_channels_last(proto: onnx.ModelProto) -> bool:
+    return any(n.op_type in _LAYOUT_OPS for n in proto.graph.node)
 
 
 def hls_config(
@@ -210,6 +230,13 @@ def hls_config(
     cfg["LayerName"].setdefault(input_name, {}).setdefault("Precision", {})["result"] = (
         INPUT_PRECISION
     )
+    for name, prec in average_pool_precisions(onnx_model).items():
+        if name not in cfg["LayerName"]:
+            raise LoweringError(f"average pool {name}: no such layer in hls4ml's configuration")
+        entry = cfg["LayerName"][name]
+        if not isinstance(entry.get("Precision"), dict):
+            entry["Precision"] = {}
+        entry["Precision"].update(prec)
     for name, fields in (precision_overrides or {}).items():
         if name not in cfg["LayerName"]:
             raise ConfigError(
@@ -308,7 +335,7 @@ def lower(
         },
         input_shape=in_shape,
         output_size=int(np.prod(hls_model.get_output_variables()[0].shape)),
-        channels_last=any(n.op_type == "Conv" for n in proto.graph.node),
+        channels_last=_needs_channels_last(proto),
         project_name=PROJECT_NAME,
         convert_time_s=round(convert_time, 3),
         compile_time_s=None if compile_time is None else round(compile_time, 3),
@@ -615,7 +642,9 @@ def check_precisions(
     """Raise :class:`PrecisionMismatchError` for the first layer whose types differ from the
     plan's bits or cannot hold its arithmetic exactly (see the module docstring). Under
     distributed arithmetic hls4ml compiles weights, bias and accumulator into an exact adder
-    graph and deletes their types; input and result are still checked."""
+    graph and deletes their types; input and result are still checked. Average-pooling layers
+    are checked too (:func:`average_pool_types`)."""
+    _check_average_pools(hls_model)
     for hls_name, g in mapping.items():
         lyr = hls_model.graph[hls_name]
         where = f"layer {g.name} (hls4ml {lyr.name})"
@@ -658,6 +687,183 @@ def check_precisions(
                     f"{what} precision",
                     f"≥ {need_frac} fractional bits and range [{lo.min():g}, {hi.max():g}]",
                     f"{_fmt(prec)} ({t.frac} fractional bits, range [{t.lo:g}, {t.hi:g}])",
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Average pooling: exact types
+
+# How hls4ml 1.3.0 averages (nnet_pooling.h ``avg`` for io_parallel, nnet_pooling_stream.h
+# ``reduce_pool`` for io_stream): the window's inputs are summed in ``accum_t``, the sum is divided
+# by the window size n in ``accum_t`` (ap_fixed division: the quotient keeps the dividend's
+# fractional bits and drops the rest), and the quotient is cast to ``result_t``. The graph's
+# AveragePool is followed by a Quant node (fitc.build inserts ``<pool>_quant``), which hls4ml
+# turns into a linear activation that rounds ``result_t`` to the quantizer's type. So the emulation
+# is exact when (1) ``accum_t`` holds every sum exactly and (2) the truncated quotient is rounded
+# by that quantizer exactly as the true average is (derivation in :func:`average_pool_types`).
+
+
+def average_pool_types(
+    x: _Fixed, n: int, out_frac: int | None, where: str
+) -> tuple[_Fixed, _Fixed]:
+    """``(accum, result)``: the narrowest fixed-point types that make hls4ml's average of ``n``
+    inputs of type ``x`` bit-exact, when the average is then quantized to ``out_frac`` fractional
+    bits (None: the average itself is the output).
+
+    Integer bits: a sum of n values of x's range lies in ``[n·lo, n·hi]``, inside x's range
+    widened by ``c = ceil(log2 n)`` integer bits (same signedness); the average lies in x's range.
+
+    Fractional bits ``F'`` of the quotient, with ``F`` those of x:
+
+    - n a power of two: ``F' = F + log2 n``, the average itself (no truncation at all).
+    - otherwise ``F' = max(F, out_frac + 1) + c``. Proof that the truncated quotient ``q`` and the
+      true average ``a`` quantize alike: with ``L = max(F, out_frac + 1)``, ``a = s / (n·2^L)``
+      for an integer s (the sum is a multiple of ``2^-F``). Every point where the quantizer's
+      result can change (ties of round-half-even, and its clip bounds) is a multiple ``t`` of
+      ``2^-(out_frac+1)``, so ``a - t`` is an integer multiple of ``1 / (n·2^L)``: either
+      ``a = t`` or ``|a - t| ≥ 1 / (n·2^L) ≥ 2^-F'``. Truncation moves a by less than one step
+      of ``2^-F'`` (toward zero or down, either way) and leaves it unchanged when ``a`` is on
+      that grid (every t is). So no step point lies between ``a`` and ``q`` unless ``q = a``, and
+      the (monotone, piecewise constant) quantizer maps both to the same value. Without a
+      quantizer after it such an average is not a dyadic number: no fixed type is exact.
+    """
+    if n < 1:
+        raise PrecisionMismatchError(f"{where}: pooling window of {n} values")
+    c = (n - 1).bit_length()
+    if n & (n - 1) == 0:
+        frac = x.frac + c
+    elif out_frac is None:
+        raise PrecisionMismatchError(
+            f"{where}: the average of {n} values (not a power of two) is not followed by a "
+            "quantizer, so no fixed-point type holds it exactly; re-quantize the pool's output "
+            "or use a window of a power-of-two size"
+        )
+    else:
+        frac = max(x.frac, out_frac + 1) + c
+    accum = _Fixed(x.signed, x.integer + c + frac, x.integer + c)
+    result = _Fixed(x.signed, x.integer + frac, x.integer)
+    return accum, result
+
+
+def _type_str(t: _Fixed) -> str:
+    return f"{'' if t.signed else 'u'}fixed<{t.width},{t.integer}>"
+
+
+def _quant_type(q: Any, where: str) -> _Fixed:
+    """The fixed-point type of a Quant node's output (po2 per-tensor scale, zero zero point)."""
+    from fitc.export.qonnx_export import is_power_of_two
+
+    scale = np.asarray(q.scale, dtype=np.float64).ravel()
+    if scale.size != 1 or not is_power_of_two(scale) or np.any(np.asarray(q.zeropt) != 0):
+        raise LoweringError(
+            f"{where}: its quantizer {q.node} needs one power-of-two scale and a zero zero point "
+            f"to size the pool exactly, got scale {scale[:4].tolist()}"
+        )
+    frac = -int(np.frexp(scale[0])[1] - 1)
+    bits = int(q.bits)
+    if bits != q.bits:
+        raise LoweringError(f"{where}: quantizer {q.node} has a fractional bit width {q.bits}")
+    return _Fixed(bool(q.signed), bits, bits - frac)
+
+
+def _next_quant(proto: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
+    """The Quant node that re-quantizes ``tensor`` (through layout-only ops), or None."""
+    users: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    for _ in range(16):
+        nxt = users.get(tensor, [])
+        if len(nxt) != 1:
+            return None
+        node = nxt[0]
+        if node.op_type in ("Quant", "IntQuant"):
+            return node
+        if node.op_type not in ("Transpose", "Reshape", "Flatten", "Identity"):
+            return None
+        tensor = node.output[0]
+    return None
+
+
+def average_pool_precisions(onnx_model: Any) -> dict[str, dict[str, str]]:
+    """hls4ml ``Precision`` entries (``accum``, ``result``) for every AveragePool node of a
+    prepared graph (see :func:`prepare_qonnx`), by node name; see :func:`average_pool_types`.
+    The input type is that of the Quant node feeding the pool, the output grid that of the Quant
+    node after it."""
+    from fitc.export.qonnx_export import act_quant_node, attr, quant_params
+
+    proto = getattr(onnx_model, "model", onnx_model)
+    out: dict[str, dict[str, str]] = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("AveragePool", "GlobalAveragePool"):
+            continue
+        where = f"average pool {node.name}"
+        if node.op_type == "GlobalAveragePool" or node.domain != "qonnx.custom_op.channels_last":
+            raise LoweringError(
+                f"{where}: not converted to a channels-last AveragePool; prepare the graph with "
+                "prepare_qonnx"
+            )
+        q_in = act_quant_node(proto, node)
+        if q_in is None:
+            raise LoweringError(
+                f"{where}: its input does not come from a Quant node, so its type (and the "
+                "accumulator that holds its sums exactly) is unknown"
+            )
+        x = _quant_type(quant_params(proto, q_in), where)
+        n = math.prod(int(k) for k in attr(node, "kernel_shape"))
+        q_out = _next_quant(proto, node.output[0])
+        out_frac = None if q_out is None else _quant_type(quant_params(proto, q_out), where).frac
+        accum, result = average_pool_types(x, n, out_frac, where)
+        out[node.name] = {"accum": _type_str(accum), "result": _type_str(result)}
+    return out
+
+
+def _check_average_pools(hls_model: Any) -> None:
+    """Raise :class:`PrecisionMismatchError` for an average-pooling layer whose accumulator or
+    result type cannot give the exact (or exactly re-quantized) average."""
+    layers = list(hls_model.get_layers())
+    for lyr in layers:
+        if lyr.class_name not in _POOL_LAYERS or str(lyr.get_attr("pool_op")) != "Average":
+            continue
+        if lyr.class_name == "Pooling2D":
+            n = int(lyr.get_attr("pool_height")) * int(lyr.get_attr("pool_width"))
+        elif lyr.class_name == "Pooling1D":
+            n = int(lyr.get_attr("pool_width"))
+        elif lyr.class_name == "GlobalPooling2D":
+            n = int(lyr.get_attr("in_height")) * int(lyr.get_attr("in_width"))
+        else:
+            n = int(lyr.get_attr("n_in"))
+        x_prec = lyr.get_input_variable().type.precision
+        where = f"average pool {lyr.name} ({n} values of {_fmt(x_prec)})"
+        x = _fixed(x_prec, where, "input")
+        # The quantizer after it: a linear activation, possibly behind reshapes / transposes.
+        out_frac, cur = None, lyr
+        for _ in range(16):
+            users = [u for u in layers if cur.outputs[0] in u.inputs]
+            if len(users) != 1:
+                break
+            cur = users[0]
+            if cur.class_name in ("Reshape", "Transpose"):
+                continue
+            if cur.class_name == "Activation" and str(cur.get_attr("activation")) == "linear":
+                out_frac = _fixed(cur.get_output_variable().type.precision, where, "quantizer").frac
+            break
+        accum, result = average_pool_types(x, n, out_frac, where)
+        types = {k[:-2]: v.precision for k, v in lyr.types.items()}
+        if "accum" not in types:
+            raise PrecisionMismatchError(f"{where}: no accum type; cannot check its sums")
+        checks = [
+            ("accum", types["accum"], accum, n),
+            ("result", lyr.get_output_variable().type.precision, result, 1),
+        ]
+        for what, prec, need, m in checks:
+            t = _fixed(prec, where, what)
+            lo, hi = m * x.lo, m * x.hi
+            if t.frac < need.frac or lo < t.lo or hi > t.hi:
+                raise PrecisionMismatchError(
+                    f"{where}: {what} precision: expected ≥ {need.frac} fractional bits and "
+                    f"range [{lo:g}, {hi:g}] (e.g. {_type_str(need)}), got {_fmt(prec)} "
+                    f"({t.frac} fractional bits, range [{t.lo:g}, {t.hi:g}])"
                 )
 
 
@@ -893,6 +1099,8 @@ __all__ = [
     "HLSCompileError",
     "HLSProject",
     "LoweringError",
+    "average_pool_precisions",
+    "average_pool_types",
     "check_precisions",
     "GraphLayer",
     "emulation_check",

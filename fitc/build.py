@@ -356,6 +356,16 @@ def apply_plan(
         elif src.op == "call_module" and isinstance(modules[src.target], _AVG_MODULES):
             qname = f"{src.target}_quant"
             avg_nodes[qname] = src
+            pool_src = _input_source(src.args[0], modules)
+            if not (
+                pool_src.op == "placeholder"
+                or (pool_src.op == "call_module" and isinstance(modules[pool_src.target], nn.ReLU))
+            ):
+                raise UnsupportedLayerError(
+                    f"average pool {src.target} takes its input from "
+                    f"{_describe(pool_src, modules)}, which is not quantized; put an nn.ReLU "
+                    "before the pool (hls4ml averages quantized values only)"
+                )
         else:
             raise UnsupportedLayerError(
                 f"layer {lp.name} ({type(modules[lp.name]).__name__}) takes its input from "
@@ -397,14 +407,14 @@ def apply_plan(
     if INPUT_QUANT in modules:
         raise UnsupportedLayerError(f"the model already has a module named {INPUT_QUANT!r}")
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    # Whether each pool sees negative values, decided before input_quant joins the graph.
+    signed = {q: _signed_source(n, modules) for q, n in avg_nodes.items()}
     in_bits = qbits.setdefault(INPUT_QUANT, default_bits)
     _insert_after(gm, placeholder, INPUT_QUANT, _act_quant(in_bits, signed=True))
     for qname, node in avg_nodes.items():
         if qname in modules:
             raise UnsupportedLayerError(f"the model already has a module named {qname!r}")
-        _insert_after(
-            gm, node, qname, _act_quant(qbits[qname], signed=_signed_source(node, modules))
-        )
+        _insert_after(gm, node, qname, _act_quant(qbits[qname], signed=signed[qname]))
     gm.graph.lint()
     gm.recompile()
     gm.meta["fitc"] = {

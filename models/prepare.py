@@ -224,6 +224,14 @@ def _check_module(name: str, mod: nn.Module) -> None:
                 f"module {name} ({type(mod).__name__}(output_size={size})) is not supported: fitc "
                 "builds global average pooling (output_size=1) only"
             )
+    if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
+        pads = mod.padding if isinstance(mod.padding, (tuple, list)) else (mod.padding,)
+        if any(int(p) for p in pads) or mod.ceil_mode or getattr(mod, "divisor_override", None):
+            raise UnsupportedLayerError(
+                f"module {name} ({type(mod).__name__}) uses padding={mod.padding!r}, "
+                f"ceil_mode={mod.ceil_mode} or a divisor_override; fitc builds plain average "
+                "pooling without padding (hls4ml averages padded windows differently)"
+            )
     if not ok:
         raise UnsupportedLayerError(
             f"module {name} ({type(mod).__name__}) is not supported; fitc compresses networks made "
