@@ -27,7 +27,6 @@ from torch import nn
 
 from fitc.artifacts import CompressionPlan, HardwareConfig
 from fitc.backends.hls import (
-    _Fixed,
     average_pool_precisions,
     average_pool_types,
     emulation_check,
@@ -35,6 +34,7 @@ from fitc.backends.hls import (
     lower,
     prepare_qonnx,
 )
+from fitc.backends.hls.layers import _Fixed
 from fitc.errors import PrecisionMismatchError, UnsupportedLayerError
 
 # --------------------------------------------------------------------------------------------
