@@ -24,6 +24,7 @@ from .verify import (
     OnnxFileReport,
     check_equivalence,
     layer_checks,
+    range_edge_inputs,
     run_brevitas,
     run_onnxruntime,
     run_qonnx,
@@ -47,6 +48,7 @@ __all__ = [
     "run_brevitas",
     "run_onnxruntime",
     "run_qonnx",
+    "range_edge_inputs",
     "verify_chain",
     "verify_onnx_file",
 ]

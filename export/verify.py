@@ -392,6 +392,43 @@ def _mask_respected(q: np.ndarray, mask: Any) -> bool | None:
 # Public entry points
 
 
+def range_edge_inputs(
+    qmodel: Any, sample_shape: tuple[int, ...], n: int = 512, *, seed: int = 0
+) -> np.ndarray:
+    """Inputs at the edges of the network's input quantizer, ``(n, *sample_shape)`` float32.
+
+    Each value is one of: an exact grid point ``k·s``; a rounding tie ``(k + ½)·s`` (ties go to
+    even); the float32 neighbours of a tie; one step (and half a step) beyond the largest and the
+    smallest code; huge (±1e6, ±3e9, ±1e30) and tiny (±1e-9, ±1e-30, 0) values; mixed at random in
+    every row, so every hop must round and saturate the same way.
+    """
+    q = qmodel.get_submodule("input_quant").act_quant
+    s = float(q.scale().detach())
+    bits = int(q.bit_width().detach())
+    signed = bool(getattr(q, "is_signed", True))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    rng = np.random.default_rng(seed)
+    size = (n, *sample_shape)
+    k = rng.integers(lo, hi + 1, size=size).astype(np.float64)
+    tie = ((k + 0.5) * s).astype(np.float32)
+    specials = np.array(
+        [hi * s + s, lo * s - s, hi * s + 0.5 * s, lo * s - 0.5 * s, 1e6, -1e6, 3e9, -3e9,
+         1e30, -1e30, 1e-9, -1e-9, 1e-30, -1e-30, 0.0, hi * s, lo * s],
+        dtype=np.float32,
+    )  # fmt: skip
+    choices = np.stack(
+        [
+            (k * s).astype(np.float32),
+            tie,
+            np.nextafter(tie, np.float32(np.inf)),
+            np.nextafter(tie, np.float32(-np.inf)),
+            rng.choice(specials, size=size),
+        ]
+    )
+    pick = rng.integers(0, len(choices), size=size)
+    return np.take_along_axis(choices, pick[None], axis=0)[0].astype(np.float32)
+
+
 def verify_chain(
     qmodel: Any,
     exported: ExportedGraph,
@@ -591,6 +628,7 @@ def verify_onnx_file(
 
 
 __all__ = [
+    "range_edge_inputs",
     "OnnxFileReport",
     "check_equivalence",
     "compare",

@@ -16,6 +16,7 @@ from .layers import (
     average_pool_types,
     check_precisions,
     graph_layers,
+    input_precision,
     map_layers,
 )
 from .project import (
@@ -50,6 +51,7 @@ __all__ = [
     "emulation_check",
     "graph_layers",
     "hls_config",
+    "input_precision",
     "load_project",
     "lower",
     "map_layers",

@@ -421,6 +421,28 @@ def _next_quant(proto: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
     return None
 
 
+def input_precision(onnx_model: Any) -> str | None:
+    """The hls4ml type of the firmware's input port: the network's input quantizer, rounding half
+    to even and saturating exactly as the Quant node does (``fixed<W,I,RND_CONV,SAT>``), so a
+    float fed to the emulation is quantized once, as qonnx does, and the port is W bits wide.
+    None when the graph input does not go straight into a Quant node."""
+    from fitc.export.qonnx_export import quant_params
+
+    proto = getattr(onnx_model, "model", onnx_model)
+    q = _next_quant(proto, proto.graph.input[0].name)
+    if q is None:
+        return None
+    params = quant_params(proto, q)
+    if params.rounding_mode.upper() not in ("ROUND", "ROUND_TO_EVEN"):
+        raise LoweringError(
+            f"input quantizer {q.name}: rounding mode {params.rounding_mode} has no hls4ml "
+            "equivalent (fitc builds ROUND, half to even)"
+        )
+    t = _quant_type(params, f"input quantizer {q.name}")
+    sat = "SAT_SYM" if params.narrow and params.signed else "SAT"
+    return f"{'' if t.signed else 'u'}fixed<{t.width},{t.integer},RND_CONV,{sat}>"
+
+
 def average_pool_precisions(onnx_model: Any) -> dict[str, dict[str, str]]:
     """hls4ml ``Precision`` entries (``accum``, ``result``) for every AveragePool node of a
     prepared graph (see :func:`prepare_qonnx`), by node name; see :func:`average_pool_types`.

@@ -73,6 +73,7 @@ from .layers import (
     describe_layer,
     format_precision,
     graph_layers,
+    input_precision,
     map_layers,
 )
 
@@ -123,6 +124,7 @@ class HLSProject:
     convert_time_s: float = 0.0
     compile_time_s: float | None = None
     hls4ml_version: str = ""
+    input_precision: str = ""  # the input port's type (the network's input quantizer)
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -227,9 +229,10 @@ def hls_config(
     cfg["Model"]["Strategy"] = hw.strategy
     cfg["Model"]["ReuseFactor"] = hw.reuse_factor
     input_name = graph.input[0].name
-    cfg["LayerName"].setdefault(input_name, {}).setdefault("Precision", {})["result"] = (
-        INPUT_PRECISION
-    )
+    # The port carries the quantized input (W bits, rounded and saturated like the first Quant);
+    # a graph whose input is not quantized first gets a wide port that never truncates.
+    port = input_precision(onnx_model) or INPUT_PRECISION
+    cfg["LayerName"].setdefault(input_name, {}).setdefault("Precision", {})["result"] = port
     for name, prec in average_pool_precisions(onnx_model).items():
         if name not in cfg["LayerName"]:
             raise LoweringError(f"average pool {name}: no such layer in hls4ml's configuration")
@@ -340,6 +343,9 @@ def lower(
         convert_time_s=round(convert_time, 3),
         compile_time_s=None if compile_time is None else round(compile_time, 3),
         hls4ml_version=str(hls4ml.__version__),
+        input_precision=str(
+            kwargs["hls_config"]["LayerName"][prepared.graph.input[0].name]["Precision"]["result"]
+        ),
     )
     write_json(out_dir / PROJECT_JSON, project.to_dict())
     write_text(out_dir / SUMMARY_NAME, summary_markdown(project, qonnx_path))
@@ -415,6 +421,26 @@ def captured_output(what: str) -> Iterator[None]:
 # Summary
 
 
+def _host_quantization(precision: str) -> str | None:
+    """What a host must do to an input value before it enters the firmware's port."""
+    import re
+
+    m = re.fullmatch(r"(u?)fixed<(\d+),(-?\d+),RND_CONV,(SAT|SAT_SYM)>", precision or "")
+    if not m:
+        return None
+    unsigned, width, integer, sat = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    frac = width - integer
+    if unsigned:
+        lo, hi = 0, 2**width - 1
+    else:
+        lo, hi = -(2 ** (width - 1)) + (sat == "SAT_SYM"), 2 ** (width - 1) - 1
+    return (
+        f"- host input quantization: `q = clamp(round_half_to_even(x · 2^{frac}), {lo}, {hi})`, "
+        f"the port carries `q` ({width} bits, value `q · 2^-{frac}`); the C++ emulation applies "
+        "it to float inputs itself, exactly as the QONNX graph's input Quant does"
+    )
+
+
 def summary_markdown(project: HLSProject, qonnx_path: str | Path | None = None) -> str:
     """A short human summary of the project: target, strategy, per-layer precisions, how to build."""
     hw = project.hardware
@@ -432,7 +458,8 @@ def summary_markdown(project: HLSProject, qonnx_path: str | Path | None = None) 
         f"reuse factor: {hw.reuse_factor}",
         f"- input: {list(project.input_shape)}"
         + (" (NHWC: channels last)" if project.channels_last else "")
-        + f", precision `{INPUT_PRECISION}` (the first quantizer rounds it)",
+        + f", port type `{project.input_precision or INPUT_PRECISION}`",
+        _host_quantization(project.input_precision),
         f"- hls4ml {project.hls4ml_version}; convert {project.convert_time_s:.2f} s, "
         + (
             "C++ emulation not compiled"
@@ -458,8 +485,8 @@ def summary_markdown(project: HLSProject, qonnx_path: str | Path | None = None) 
         "",
         "## Synthesis",
         "",
-        f"With {hw.backend} on PATH: `fitc synth {project.project_dir}` "
-        f"(or `cd {project.project_dir} && {build}`).",
+        f"With {hw.backend} on PATH: `fitc synth {Path(project.project_dir).parent}` (the run "
+        f"directory), or `cd {project.project_dir} && {build}`.",
         "",
     ]
     return "\n".join(line for line in lines if line is not None) + "\n"

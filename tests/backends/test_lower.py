@@ -26,6 +26,7 @@ from fitc.backends.hls import (
     HLSProject,
     emulation_check,
     hls_config,
+    input_precision,
     load_project,
     lower,
     prepare_qonnx,
@@ -356,7 +357,11 @@ def test_hls_config_is_built_in_one_place(mlp):
     )
     cfg = kw["hls_config"]
     assert cfg["Model"]["Strategy"] == "Resource" and cfg["Model"]["ReuseFactor"] == 2
-    assert cfg["LayerName"][prepared.graph.input[0].name]["Precision"]["result"] == INPUT_PRECISION
+    # The input port is the network's input quantizer (signed 8 bits at its po2 scale), rounding
+    # and saturating like the Quant node, not a wide float-holding type.
+    port = cfg["LayerName"][prepared.graph.input[0].name]["Precision"]["result"]
+    assert port != INPUT_PRECISION and port == input_precision(prepared)
+    assert port.startswith("fixed<8,") and port.endswith(",RND_CONV,SAT>")
     assert cfg["LayerName"]["MatMul_0"]["ReuseFactor"] == 2
     with pytest.raises(ConfigError, match="reuse_factor 1"):
         hls_config(
