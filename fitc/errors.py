@@ -45,6 +45,11 @@ class ArtifactError(FitcError):
     """A run-directory artifact is missing, corrupt or inconsistent with the run."""
 
 
+class RunDirError(FitcError):
+    """A run directory cannot be written now: another process is writing it, it holds another run
+    (model, data or seed; ``--force`` replaces it), or it lies inside another run directory."""
+
+
 class EquivalenceError(FitcError):
     """Two stages of the chain (Brevitas, qonnx, onnxruntime, hls4ml emulation) disagree."""
 

@@ -9,8 +9,10 @@ fits (see :mod:`fitc.loop`).
 
 Each stage is a plain function of a :class:`Run` (the config, the run directory and the objects
 built so far). ``RunDir.run_stage`` skips a stage whose inputs did not change since it last finished
-and whose outputs still exist, so re-running into the same directory resumes. Objects a skipped
-stage would have produced are loaded back from its artifacts on first use.
+and whose outputs are still the files it wrote (sha256), so re-running into the same directory
+resumes. Objects a skipped stage would have produced are loaded back from its artifacts on first
+use, checked against the same sha256. One process writes a run directory at a time, and a run
+directory holds one run (model, data, seed): see :mod:`fitc.rundir`.
 
 Artifacts in the run directory:
   float.pt            float weights (state dict)
@@ -20,7 +22,7 @@ Artifacts in the run directory:
   equivalence.json    Brevitas ≡ qonnx ≡ onnxruntime, per hop and per layer
   hls4ml/             the hls4ml project and its C++ emulation (hls4ml.json: precisions, check)
   resources.json      the accurate resource report; loop.json the closed loop's iterations
-  run.json            config, versions, stages with wall times, metrics
+  run.json            config, versions, stages with wall times and output sha256, metrics
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,7 +42,17 @@ import torch
 from fitc.artifacts import HARDWARE_KINDS, Budget, CompressionPlan, HardwareConfig, ResourceReport
 from fitc.config import RunConfig
 from fitc.errors import ArtifactError, BudgetInfeasibleError, EquivalenceError
-from fitc.rundir import RunDir, fingerprint, load_torch, read_json, save_torch, write_json
+from fitc.rundir import (
+    RunDir,
+    check_not_busy,
+    check_not_nested,
+    copy_file,
+    fingerprint,
+    load_torch,
+    read_json,
+    save_torch,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +139,7 @@ class Run:
         """The compiled float network (batch norm folded, …) with the weights of ``float.pt``."""
         model = self.network.compiled_fresh(self.cfg.seed)
         try:
-            model.load_state_dict(load_torch(self.dir / "float.pt"))
+            model.load_state_dict(load_torch(self.dir.checked("float.pt")))
         except RuntimeError as e:
             raise ArtifactError(
                 f"{self.dir / 'float.pt'} does not fit the network {self.source.ref} "
@@ -157,25 +170,25 @@ class Run:
 
     @cached_property
     def plan(self) -> CompressionPlan:
-        return CompressionPlan.from_dict(read_json(self.dir / "plan.json"))
+        return CompressionPlan.from_dict(read_json(self.dir.checked("plan.json")))
 
     @cached_property
     def masks(self) -> dict[str, torch.Tensor]:
-        return load_torch(self.dir / "masks.pt")
+        return load_torch(self.dir.checked("masks.pt"))
 
     @cached_property
     def qmodel(self) -> torch.nn.Module:
         from fitc.build import load_quant_model
 
         return load_quant_model(
-            self.float_model, self.plan, self.masks, self.dir / "model.pt"
+            self.float_model, self.plan, self.masks, self.dir.checked("model.pt")
         ).eval()
 
     @cached_property
     def exported(self):
         from fitc.export import ExportedGraph
 
-        graph = ExportedGraph.from_dict(read_json(self.dir / "export.json"))
+        graph = ExportedGraph.from_dict(read_json(self.dir.checked("export.json")))
         # Paths are recorded relative to where the run was made; the run directory may have moved.
         return dataclasses.replace(
             graph,
@@ -203,30 +216,61 @@ class Run:
         for name in names:
             self.__dict__.pop(name, None)
 
-    def stage(self, name: str, inputs: tuple, outputs: list[str], fn) -> bool:
-        """Run stage ``name`` unless done; its fingerprint chains the previous stage's."""
+    def stage(
+        self, name: str, inputs: tuple, outputs: list[str], fn, *, optional=(), dirs=()
+    ) -> bool:
+        """Run stage ``name`` unless done; its fingerprint chains the previous stage's.
+        ``optional``: files it may write; ``dirs``: its working directories (see RunDir)."""
         fp = fingerprint(name, self.last_fp, *inputs)
         self.last_fp = fp
-        return self.dir.run_stage(name, fp, outputs, fn)
+        return self.dir.run_stage(name, fp, outputs, fn, optional=optional, dirs=dirs)
+
+    def identity(self) -> dict[str, Any]:
+        """Which run this is: a run directory recording another identity holds another run."""
+        src, data = self.source, self.cfg.data or self.spec.default_data
+        if data and Path(data).expanduser().is_file():
+            data = str(Path(data).expanduser().resolve())
+        return {
+            "model": src.ref,
+            "model_args": dict(src.args),
+            "model_sha256": src.sha256,
+            "hidden": list(self.cfg.hidden) if src.kind == "generic" else None,
+            "data": data,
+            "seed": self.cfg.seed,
+        }
 
 
-def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None) -> Run:
+def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None, force: bool = False) -> Run:
     """Validate the model, data and budgets first, so bad input leaves no run directory behind.
 
     ``module`` is a network handed in from Python (:func:`fitc.compress`) instead of
-    ``cfg.model``. A recorded run whose model file changed or vanished is refused.
+    ``cfg.model``. A recorded run whose model file changed or vanished is refused (unless
+    ``force``), and so is a new run inside another run's directory. Nothing is written here: the
+    first stage that runs claims the directory (one writer; another run there is refused unless
+    ``force``, which deletes it: see :class:`~fitc.rundir.RunDir`).
     """
     run = Run(cfg, dir=None, module=module)  # type: ignore[arg-type]
-    if run.module is None and (cfg.run_dir() / "run.json").is_file():
+    recorded = cfg.run_dir() / "run.json"
+    if not recorded.is_file():
+        check_not_nested(cfg.run_dir())
+    elif run.module is None and not force:
         from fitc.models import check_recorded_source
 
-        recorded = read_json(cfg.run_dir() / "run.json").get("model_source")
-        check_recorded_source(recorded, cfg.model, cfg.model_args, cfg.run_dir())
+        source = read_json(recorded).get("model_source")
+        check_recorded_source(source, cfg.model, cfg.model_args, cfg.run_dir())
     _ = run.spec, run.data, run.targets, run.hardware
     config = cfg.to_dict()
     if run.source.kind == "object":
         config["model"] = run.source.ref
-    run.dir = RunDir(cfg.run_dir(), config=config, model_source=run.source.to_dict())
+    inputs = [cfg.data, cfg.weights, cfg.float_from, cfg.fisher_from, run.source.path]
+    run.dir = RunDir(
+        cfg.run_dir(),
+        config=config,
+        model_source=run.source.to_dict(),
+        identity=run.identity(),
+        force=force,
+        keep=[Path(p).expanduser() for p in inputs if p and Path(p).expanduser().is_file()],
+    )
     return run
 
 
@@ -235,32 +279,39 @@ def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None) -> Run:
 
 
 def run_pipeline(
-    cfg: RunConfig, *, until: str | None = None, module: torch.nn.Module | None = None
+    cfg: RunConfig,
+    *,
+    until: str | None = None,
+    module: torch.nn.Module | None = None,
+    force: bool = False,
 ) -> Run:
     """Run the pipeline up to and including stage ``until`` (default: the config's).
 
     ``until="export"`` includes the verification: an exported graph is never left unchecked.
     ``module``: a network handed in from Python instead of ``cfg.model`` (see :func:`open_run`).
+    ``force``: replace another run found in the run directory instead of refusing.
     """
     until = until or cfg.until
     last = STAGES.index("verify" if until == "export" else until)
-    run = open_run(cfg, module=module)
+    check_not_busy(cfg.run_dir())  # another writer there: say so now, before loading anything
+    run = open_run(cfg, module=module, force=force)
 
-    train(run)
-    if last >= STAGES.index("search"):
-        if run.hardware_budget and last >= STAGES.index("finetune"):
-            closed_loop(run)
-        else:
-            search(run)
-            if last >= STAGES.index("finetune"):
-                finetune(run)
-    if last >= STAGES.index("verify"):
-        export(run)
-        verify(run)
-    if last >= STAGES.index("lower"):
-        lower(run)
-    if last >= STAGES.index("estimate"):
-        estimate(run)
+    with run.dir.writing():  # one writer from the first stage to the last
+        train(run)
+        if last >= STAGES.index("search"):
+            if run.hardware_budget and last >= STAGES.index("finetune"):
+                closed_loop(run)
+            else:
+                search(run)
+                if last >= STAGES.index("finetune"):
+                    finetune(run)
+        if last >= STAGES.index("verify"):
+            export(run)
+            verify(run)
+        if last >= STAGES.index("lower"):
+            lower(run)
+        if last >= STAGES.index("estimate"):
+            estimate(run)
     return run
 
 
@@ -359,13 +410,12 @@ def _search_inputs(run: Run) -> tuple:
 def search(run: Run) -> None:
     def fn() -> dict:
         budget, cost = search_cost(run.targets, run.hardware)
-        plan = _search_once(run, budget, cost, run.dir.path)
+        plan, timings = _search_once(run, budget, cost, run.dir.path)
         return {
             "budget": str(budget) if budget.kind != "combined" else run.targets,
             "planned_cost": plan.achieved_cost,
             "predicted_fit": plan.predicted_fit,
-            "fisher_time_s": plan.fisher_time_s,
-            "search_time_s": plan.search_time_s,
+            **timings,
         }
 
     run.stage("search", _search_inputs(run), ["plan.json", "masks.pt"], fn)
@@ -393,7 +443,15 @@ def closed_loop(run: Run) -> None:
     accurate_model = cfg.resource_model if cfg.resource_model != "report" else "da4ml"
 
     def fn() -> dict:
-        shutil.rmtree(run.dir / "loop", ignore_errors=True)  # iterations of an earlier loop
+        # Iterations are made aside and moved into loop/ at the end: a loop that fails leaves
+        # the last loop's files as they were.
+        work = Path(tempfile.mkdtemp(prefix=".loop.", dir=run.dir.path))
+        try:
+            return iterate(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def iterate(work: Path) -> dict:
         history, metrics_of, reason = [], {}, ""
         calibration: dict[str, float] = {}
         decision = next_step([], targets)
@@ -401,9 +459,9 @@ def closed_loop(run: Run) -> None:
             k = len(history) + 1
             t0 = time.perf_counter()
             budget, cost = search_cost(decision.limits, hw, calibration)
-            it_dir = run.dir / "loop" / f"iter{k}"
+            it_dir = work / f"iter{k}"
             try:
-                plan = _search_once(run, budget, cost, it_dir)
+                plan, timings = _search_once(run, budget, cost, it_dir)
             except BudgetInfeasibleError as e:
                 if not history:
                     raise BudgetInfeasibleError(
@@ -412,7 +470,7 @@ def closed_loop(run: Run) -> None:
                 log.info("loop: tightened budget %s cannot be reached; stopping", decision.limits)
                 reason = "infeasible"
                 break
-            metrics_of[k] = _finetune_once(run, plan, run.masks, it_dir)
+            metrics_of[k] = {**_finetune_once(run, plan, run.masks, it_dir), **timings}
             accurate = measure_resources(run, plan, run.qmodel, accurate_model)
             history.append(
                 _loop_iteration(
@@ -420,7 +478,6 @@ def closed_loop(run: Run) -> None:
                     time.perf_counter() - t0,
                 )
             )  # fmt: skip
-            write_json(run.dir / "loop.json", {"targets": targets, "history": history})
             log.info(
                 "loop iteration %d: accurate %s vs targets %s (overshoot %.3f)",
                 k, history[-1].accurate, targets, overshoot(history[-1].accurate, targets),
@@ -439,9 +496,9 @@ def closed_loop(run: Run) -> None:
             else min(history, key=lambda h: overshoot(h.accurate, targets))
         )
         for name in PLAN_FILES:
-            tmp = run.dir / f".{name}.tmp"
-            shutil.copy2(run.dir / "loop" / f"iter{best.iteration}" / name, tmp)
-            tmp.replace(run.dir / name)
+            copy_file(work / f"iter{best.iteration}" / name, run.dir / name)
+        shutil.rmtree(run.dir / "loop", ignore_errors=True)
+        work.rename(run.dir / "loop")
         run.forget("plan", "masks", "qmodel")
         summary = {
             "targets": targets,
@@ -469,7 +526,7 @@ def closed_loop(run: Run) -> None:
         }
 
     inputs = (*_search_inputs(run), *_finetune_inputs(run), accurate_model, cfg.max_loop_iterations)
-    run.stage("loop", inputs, [*PLAN_FILES, "loop.json"], fn)
+    run.stage("loop", inputs, [*PLAN_FILES, "loop.json"], fn, dirs=["loop"])
 
 
 def export(run: Run) -> None:
@@ -481,7 +538,7 @@ def export(run: Run) -> None:
         run.forget("exported")
         return {"qcdq_skipped_reason": exported.qcdq_skipped_reason}
 
-    run.stage("export", (), ["model.qonnx.onnx", "export.json"], fn)
+    run.stage("export", (), ["model.qonnx.onnx", "export.json"], fn, optional=["model.qcdq.onnx"])
 
 
 def verify(run: Run) -> None:
@@ -525,7 +582,7 @@ def lower(run: Run) -> None:
             )
         return {"emulation": hop.to_dict(), "hls_compile_time_s": project.compile_time_s}
 
-    run.stage("lower", (hw.to_dict(),), ["hls4ml.json"], fn)
+    run.stage("lower", (hw.to_dict(),), ["hls4ml.json"], fn, dirs=["hls4ml"])
 
 
 def estimate(run: Run, model: str | None = None) -> ResourceReport:
@@ -576,8 +633,12 @@ def search_cost(limits: dict[str, float], hw: HardwareConfig, calibration: dict 
     return Budget("combined", 1.0), MaxRatioCost([(one(k), lim) for k, lim in limits.items()])
 
 
-def _search_once(run: Run, budget: Budget, cost, dest: Path) -> CompressionPlan:
-    """Search a plan against ``cost`` ≤ ``budget``; write plan.json and masks.pt into ``dest``."""
+def _search_once(
+    run: Run, budget: Budget, cost, dest: Path
+) -> tuple[CompressionPlan, dict[str, float]]:
+    """Search a plan against ``cost`` ≤ ``budget``; write plan.json and masks.pt into ``dest``.
+    Returns the plan and the search's timings (metrics: plan.json keeps them at 0, so that the
+    same inputs give the same bytes)."""
     from fitc.search import search_plan
     from fitc.space import SearchSpace
 
@@ -601,10 +662,15 @@ def _search_once(run: Run, budget: Budget, cost, dest: Path) -> CompressionPlan:
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    write_json(dest / "plan.json", result.plan.to_dict())
+    plan = dataclasses.replace(result.plan, fisher_time_s=0.0, search_time_s=0.0)
+    write_json(dest / "plan.json", plan.to_dict())
     save_torch(dest / "masks.pt", result.masks)
-    run.__dict__["plan"], run.__dict__["masks"] = result.plan, result.masks
-    return result.plan
+    run.__dict__["plan"], run.__dict__["masks"] = plan, result.masks
+    timings = {
+        "fisher_time_s": result.plan.fisher_time_s,
+        "search_time_s": result.plan.search_time_s,
+    }
+    return plan, timings
 
 
 def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> dict[str, Any]:
@@ -705,8 +771,10 @@ def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
     from fitc.search import sensitivity_table
     from fitc.space import SearchSpace
 
+    check_not_busy(cfg.run_dir())
     run = open_run(cfg)
-    train(run)
+    with run.dir.writing():
+        train(run)
     return sensitivity_table(
         run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
     )

@@ -108,14 +108,24 @@ def test_stage_writing_the_same_outputs_invalidates_the_other_mode(tmp_path):
     assert RunDir(tmp_path).metrics == {"planned": "size"}
 
 
-def test_failed_stage_keeps_earlier_files_but_forgets_their_records(tmp_path):
+def test_failed_stage_keeps_earlier_files_and_records(tmp_path):
+    """A failed stage records nothing; a file it overwrote fails its checksum: redone next time."""
     rd = RunDir(tmp_path)
     rd.run_stage("a", "1", ["a.json"], lambda: write_json(tmp_path / "a.json", {"v": 1}))
+    before = (tmp_path / "run.json").read_bytes()
 
-    def boom():
+    def boom(overwrite=False):
+        if overwrite:
+            write_json(tmp_path / "a.json", {"v": "half"})
         raise RuntimeError("search failed")
 
     with pytest.raises(RuntimeError):
         rd.run_stage("a", "2", ["a.json"], boom)
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
-    assert "a" not in RunDir(tmp_path).stages
+    assert (tmp_path / "run.json").read_bytes() == before
+    assert RunDir(tmp_path).is_done("a", "1")
+
+    with pytest.raises(RuntimeError):
+        rd.run_stage("a", "2", ["a.json"], lambda: boom(overwrite=True))
+    assert (tmp_path / "run.json").read_bytes() == before
+    assert not RunDir(tmp_path).is_done("a", "1")  # a.json no longer what stage a wrote
