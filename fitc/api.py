@@ -27,8 +27,8 @@ import numpy as np
 from torch import nn
 
 from fitc.config import RunConfig, from_mapping, load_config
-from fitc.errors import ConfigError, DataError, FitcError
-from fitc.rundir import RUN_JSON, atomic_path, read_json
+from fitc.errors import ConfigError, DataError, FitcError, RunDirError
+from fitc.rundir import RUN_JSON, check_not_busy, check_not_nested, read_json, write_bytes
 
 __all__ = ["compress", "load_run"]
 
@@ -43,7 +43,24 @@ def _budgets(budget: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(b) for b in budget)
 
 
-def _save_arrays(data: Sequence[Any], path: Path) -> None:
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` whose bytes depend on the arrays only (fixed zip dates): the same data gives
+    the same file, so a repeated ``compress`` reuses its stages."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            one = io.BytesIO()
+            np.lib.format.write_array(one, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), one.getvalue()
+            )
+    return buf.getvalue()
+
+
+def _save_arrays(data: Sequence[Any], path: Path, *, force: bool) -> None:
     if len(data) not in (2, 4):
         raise DataError(
             f"data must be (X, y) or (X, y, X_test, y_test), got a sequence of {len(data)} items"
@@ -57,9 +74,15 @@ def _save_arrays(data: Sequence[Any], path: Path) -> None:
         if arr.dtype == object:
             raise DataError(f"data {name}: not a numeric array (dtype object)")
         arrays[name] = arr
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    blob = _npz_bytes(arrays)
+    if path.is_file() and path.read_bytes() == blob:
+        return
+    if (path.parent / RUN_JSON).is_file() and not force:
+        raise RunDirError(
+            f"{path.parent} holds a run on other data ({path.name} differs); give another out= "
+            "or force=True to replace that run"
+        )
+    write_bytes(path, blob)
 
 
 def compress(
@@ -72,6 +95,7 @@ def compress(
     out: str | Path | None = None,
     weights: str | Path | None = None,
     train: bool = False,
+    force: bool = False,
     **options: Any,
 ):
     """Compress ``model`` for an FPGA and return the finished :class:`~fitc.pipeline.Run`.
@@ -80,7 +104,8 @@ def compress(
     (``file.py:factory``, ``package.module:factory``, ``mlp``, a zoo name: trained unless
     ``weights`` is given). ``data``: ``(X, y)``, ``(X, y, X_test, y_test)``, an ``.npz`` path or a
     built-in dataset name. ``budget``: e.g. ``"size=1/32"``, ``"lut=20000,dsp=0"`` or a list;
-    ``device`` + ``fraction``: a device preset and the share of it to fit in. ``options``: any
+    ``device`` + ``fraction``: a device preset and the share of it to fit in. ``force``: replace
+    another run found in ``out``. ``options``: any
     other :class:`~fitc.config.RunConfig` field (``finetune_epochs=10``, ``strategy=...``).
     """
     from fitc.pipeline import open_run, run_pipeline
@@ -110,18 +135,21 @@ def compress(
         fields["data"] = str(data)
     cfg = from_mapping({k: v for k, v in fields.items() if v is not None}, source="compress()")
 
-    created = not cfg.run_dir().exists()
+    out_dir = cfg.run_dir()
+    check_not_nested(out_dir)
+    check_not_busy(out_dir)
+    created = not out_dir.exists()
     try:
         if data is not None and not isinstance(data, (str, Path)):
-            path = cfg.run_dir() / DATA_FILE
-            _save_arrays(data, path)
+            path = out_dir / DATA_FILE
+            _save_arrays(data, path, force=force)
             cfg = cfg.replace(data=str(path))
         open_run(cfg, module=module)  # input checks before any work
     except FitcError:
         if created:
-            shutil.rmtree(cfg.run_dir(), ignore_errors=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    return run_pipeline(cfg, module=module)
+    return run_pipeline(cfg, module=module, force=force)
 
 
 def load_run(run_dir: str | Path, *, model: nn.Module | None = None):
