@@ -51,6 +51,7 @@ from fitc.errors import ArtifactError, DataError, EquivalenceError
 from .qonnx_export import (
     ExportedGraph,
     InputShapeError,
+    NotFixedPointError,
     act_quant_node,
     attr,
     check_fixed_point,
@@ -102,6 +103,8 @@ def _labels(y: Any, n: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape != (n,):
         raise InputShapeError(f"labels have shape {tuple(y.shape)}, expected ({n},)")
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise DataError(f"labels must be integers, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.mod(y, 1) == 0):
             raise DataError(f"labels must be integers, got dtype {y.dtype}")
@@ -575,6 +578,11 @@ def verify_onnx_file(
     model = load_onnx(path)
     fmt = graph_format(model)
     if require_fixed_point:
+        if fmt == "onnx":
+            raise NotFixedPointError(
+                f"{path}: no Quant/QuantizeLinear node: a float graph has nothing fixed point to "
+                "check bit for bit"
+            )
         check_fixed_point(model, source=str(path))
     shape = _graph_input_shape(model)
     X = _as_inputs(X, shape[1:], f"{path.name}")

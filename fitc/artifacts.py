@@ -6,13 +6,19 @@ Contract:
 - field names carry their units (``weight_bits``, ``clock_period_ns``, ``wall_time_s``);
 - layers are always keyed by the torch module's qualified name in the float model
   (``"net.0"``, ``"stage1.0.conv1"``); later stages keep a map back to that name;
-- ``to_dict()`` returns plain JSON types and ``from_dict(to_dict(x)) == x``.
+- ``to_dict()`` returns plain JSON types and ``from_dict(to_dict(x)) == x``;
+- user input is refused, never adjusted: :meth:`Budget.parse` takes whole-number hardware counts
+  only and no number beyond a float; :func:`check_part` wants a Xilinx part number; and
+  :func:`check_reuse_factor` refuses a reuse factor hls4ml would silently replace (its valid
+  values: :func:`valid_reuse_factors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -60,8 +66,28 @@ class _Json:
 # Budgets
 
 
+def exact_number(value: str, what: str) -> Fraction:
+    """``value`` (``20000``, ``2e4``, ``1/16``, ``0.0625``) as an exact fraction. Exponents beyond
+    ±400 are refused before :class:`Fraction` would build a number of that many digits."""
+    for exp in re.findall(r"[eE]\s*([+-]?\d+)", value):
+        if abs(int(exp)) > 400:
+            raise ConfigError(f"{what}: {value!r} is out of range for a number")
+    try:
+        return Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{what}: {value!r} is not a number or fraction") from None
+
+
 BUDGET_KINDS = ("size", "bops", "lut", "ff", "dsp", "bram", "latency", "combined")
 HARDWARE_KINDS = ("lut", "ff", "dsp", "bram", "latency")
+_COUNT_UNITS = {
+    "lut": "LUT",
+    "ff": "flip-flop",
+    "dsp": "DSP",
+    "bram": "BRAM_18K",
+    "latency": "cycle",
+}
+_MAX_EXACT_COUNT = 2**53
 
 
 @dataclass(frozen=True)
@@ -92,21 +118,40 @@ class Budget(_Json):
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """Parse ``"size=1/16"``, ``"size=0.0625"``, ``"bops=0.02"``, ``"lut=20000"``."""
+        """Parse ``"size=1/16"``, ``"size=0.0625"``, ``"bops=0.02"``, ``"lut=20000"``.
+
+        User input is held to more than a Budget: a hardware count must be a whole number
+        ≤ 2^53 (``dsp=1.5`` is refused, not rounded), and a number too large for a float
+        (``lut=1e400``) is refused."""
         if "=" not in text:
             raise ConfigError(
                 f"budget {text!r} must look like KIND=VALUE, e.g. size=1/16 or lut=20000"
             )
         kind, value = (s.strip() for s in text.split("=", 1))
-        try:
-            limit = float(Fraction(value))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"budget {text!r}: {value!r} is not a number or fraction") from None
-        if kind.lower() == "combined":
+        kind = kind.lower()
+        if kind == "combined":
             raise ConfigError(
                 f"budget {text!r}: 'combined' is internal; give each limit, e.g. lut=20000 dsp=0"
             )
-        return cls(kind.lower(), limit)
+        exact = exact_number(value, f"budget {text!r}")
+        if kind in HARDWARE_KINDS and exact >= 0:
+            # A count (LUTs, DSPs, cycles …) is a whole number: refuse a fraction, never round it
+            # (only user input: the closed loop's own tightened limits may be fractional).
+            if exact.denominator != 1:
+                raise ConfigError(
+                    f"budget {text!r}: a {_COUNT_UNITS[kind]} count must be a whole number, "
+                    f"e.g. {kind}={math.floor(exact)}"
+                )
+            if exact > _MAX_EXACT_COUNT:
+                raise ConfigError(
+                    f"budget {text!r} is too large: at most 2^53 = {_MAX_EXACT_COUNT} "
+                    "(the largest count a float holds exactly)"
+                )
+        try:
+            limit = float(exact)
+        except OverflowError:
+            raise ConfigError(f"budget {text!r}: {value!r} is too large for a number") from None
+        return cls(kind, limit)
 
     def __str__(self) -> str:
         if self.kind in ("size", "bops") and self.limit > 0 and (1 / self.limit).is_integer():
@@ -281,10 +326,82 @@ class HardwareConfig(_Json):
             raise ConfigError(
                 f"strategy must be 'Latency', 'Resource' or 'distributed_arithmetic', got {self.strategy!r}"
             )
-        if not (isinstance(self.reuse_factor, int) and self.reuse_factor >= 1):
-            raise ConfigError(f"reuse_factor must be an integer ≥ 1, got {self.reuse_factor!r}")
-        if not (self.clock_period_ns > 0):
-            raise ConfigError(f"clock_period_ns must be > 0, got {self.clock_period_ns!r}")
+        if not (
+            isinstance(self.reuse_factor, int)
+            and not isinstance(self.reuse_factor, bool)
+            and 1 <= self.reuse_factor <= MAX_REUSE_FACTOR
+        ):
+            raise ConfigError(
+                f"reuse_factor must be an integer in 1..{MAX_REUSE_FACTOR}, got {self.reuse_factor!r}"
+            )
+        if self.strategy == "distributed_arithmetic" and self.reuse_factor != 1:
+            raise ConfigError(
+                f"strategy distributed_arithmetic needs reuse_factor 1 (hls4ml's DA kernels are fully "
+                f"parallel), got reuse_factor={self.reuse_factor}; use strategy Resource for reuse"
+            )
+        clock = self.clock_period_ns
+        if isinstance(clock, bool) or not (
+            isinstance(clock, (int, float)) and math.isfinite(clock) and clock > 0
+        ):
+            raise ConfigError(f"clock_period_ns must be a finite number > 0, got {clock!r}")
+
+
+#: hls4ml writes the reuse factor into C++ ``unsigned`` constants and loops up to it.
+MAX_REUSE_FACTOR = 2**31 - 1
+
+# Xilinx/AMD part numbers: xc (commercial), xq (defence), xa (automotive), then the family and
+# device (7z020, zu9eg, vu9p, u250, ku115, k26, vc1902, 7a35t …), then package, speed grade and
+# temperature, dash separated or not (xc7z020clg400-1, xczu9eg-ffvb1156-2-e, xcu250-figd2104-2L-e).
+XILINX_PART = re.compile(r"x[cqa][a-z]{0,4}\d[a-z0-9]*(-[a-z0-9]+)*", re.IGNORECASE)
+
+
+def check_part(part: str, what: str = "part") -> str:
+    """``part`` if it reads as a Xilinx/AMD part number (see :data:`XILINX_PART`), else a
+    :class:`ConfigError` naming it. Permissive about package, speed grade and temperature."""
+    if not isinstance(part, str) or len(part) > 64 or not XILINX_PART.fullmatch(part):
+        raise ConfigError(
+            f"{what} {part!r} is not a Xilinx part number such as xc7z020clg400-1, "
+            "xczu9eg-ffvb1156-2-e or xcu250-figd2104-2L-e"
+        )
+    return part
+
+
+def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+    """The reuse factors hls4ml 1.3.0 keeps for a layer of ``n_in`` inputs per output (dense:
+    inputs; convolution: channels × kernel size) and ``n_out`` outputs (filters) under the
+    Resource strategy — ``FPGABackend.get_valid_reuse_factors``. Any other value hls4ml
+    silently replaces by the closest of these (``set_closest_reuse_factor``)."""
+    if n_in < 1 or n_out < 1:
+        raise ArtifactError(f"layer sizes must be ≥ 1, got n_in={n_in}, n_out={n_out}")
+    total = n_in * n_out
+    divisors = sorted(
+        {d for i in range(1, math.isqrt(total) + 1) if total % i == 0 for d in (i, total // i)}
+    )
+    return [
+        rf
+        for rf in divisors  # QoR: rf divides n_in·n_out (hls4ml's third condition)
+        if (rf < n_in and (-(-total // rf)) % n_out == 0) or (rf >= n_in and rf % n_in == 0)
+    ]
+
+
+def check_reuse_factor(hw: HardwareConfig, layers: Iterable[tuple[str, int, int]]) -> None:
+    """Refuse a reuse factor hls4ml would silently change. ``layers`` are ``(name, n_in, n_out)``
+    as in :func:`valid_reuse_factors`. Only the Resource strategy is checked: hls4ml validates
+    (and changes) reuse factors there only; Latency takes any, distributed arithmetic only 1
+    (checked by :class:`HardwareConfig`). Raises :class:`ConfigError` naming every layer whose
+    valid values do not include ``hw.reuse_factor``, with those values."""
+    if hw.strategy != "Resource":
+        return
+    bad = []
+    for name, n_in, n_out in layers:
+        valid = valid_reuse_factors(int(n_in), int(n_out))
+        if hw.reuse_factor not in valid:
+            bad.append(f"{name} ({n_in}×{n_out}): {', '.join(map(str, valid))}")
+    if bad:
+        raise ConfigError(
+            f"reuse factor {hw.reuse_factor} is not valid for the Resource strategy (hls4ml would "
+            f"silently use another); valid reuse factors per layer — {'; '.join(bad)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -341,6 +458,12 @@ __all__ = [
     "HopReport",
     "LayerPlan",
     "LayerResources",
+    "MAX_REUSE_FACTOR",
     "PathStep",
     "ResourceReport",
+    "XILINX_PART",
+    "check_part",
+    "check_reuse_factor",
+    "exact_number",
+    "valid_reuse_factors",
 ]

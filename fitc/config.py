@@ -2,7 +2,9 @@
 
 Contract:
 - ``load_config(path)`` reads YAML with ``yaml.safe_load``; unknown keys are rejected with a
-  :class:`ConfigError` naming the nearest valid key; values are type-checked.
+  :class:`ConfigError` naming the nearest valid key; values are type-checked, never silently
+  converted (``hidden: [64.5]`` is refused, not truncated), numbers range-checked (finite floats;
+  integers within what their consumer can hold) and ``part`` must read as a Xilinx part number.
 - ``RunConfig.replace(**overrides)`` applies flags (``None`` means "not given").
 - ``RunConfig.to_dict()`` is the resolved config recorded in ``run.json``.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -20,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fitc.artifacts import Budget, HardwareConfig
+from fitc.artifacts import MAX_REUSE_FACTOR, Budget, HardwareConfig, check_part
 from fitc.errors import ConfigError
 
 
@@ -85,17 +88,30 @@ class RunConfig:
             raise ConfigError(
                 "device and fraction go together, e.g. --device xc7z020 --fraction 0.25"
             )
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden widths must be ≥ 1, got {list(self.hidden)}")
+        if not self.hidden or any(not (1 <= h <= _MAX_WIDTH) for h in self.hidden):
+            raise ConfigError(
+                f"hidden widths must be a non-empty list of integers in 1..{_MAX_WIDTH}, "
+                f"got {list(self.hidden)}"
+            )
         if self.weights is not None and self.float_from is not None:
             raise ConfigError("give weights (your trained model) or float_from, not both")
-        if self.train_epochs is not None and self.train_epochs < 1:
-            raise ConfigError(f"train_epochs must be ≥ 1, got {self.train_epochs}")
         if self.fraction is not None and not (0 < self.fraction <= 1):
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
-        for key in ("batch_size", "finetune_epochs", "reuse_factor", "max_loop_iterations"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
+        for key, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, key)
+            if v is not None and not (lo <= v <= hi):
+                raise ConfigError(f"{key} must be an integer in {lo}..{hi}, got {v}")
+        for key, positive in _FLOATS.items():
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+                raise ConfigError(
+                    f"{key} must be a finite number {'> 0' if positive else '≥ 0'}, got {v}"
+                )
+        if self.part is not None:
+            try:
+                check_part(self.part)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (a board preset goes in --device, e.g. pynq-z2)") from None
         for key in ("weight_bits", "act_bits"):
             bits = getattr(self, key)
             if not bits or any(not (2 <= b <= 16) for b in bits):
@@ -148,6 +164,22 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "model"
 
 
+# Integer options and their ranges: beyond them a value is a typo, not a wish (a seed must fit
+# numpy's 32-bit seeds, a batch or reuse factor a C int, an epoch count a lifetime).
+_INT_RANGES = {
+    "seed": (0, 2**32 - 1),
+    "train_epochs": (1, 1_000_000),
+    "batch_size": (1, 2**31 - 1),
+    "fisher_max_batches": (1, 2**31 - 1),
+    "refresh_every": (0, 2**31 - 1),
+    "finetune_epochs": (1, 1_000_000),
+    "reuse_factor": (1, MAX_REUSE_FACTOR),
+    "max_loop_iterations": (1, 1000),
+}
+_MAX_WIDTH = 2**16  # a hidden layer wider than this fits on no FPGA, and may not fit in memory
+# Float options: True = must be > 0, False = must be ≥ 0; always finite.
+_FLOATS = {"train_lr": True, "finetune_lr": True, "lam": False, "clock_ns": True}
+
 _CHOICES = {
     "fisher_method": ("per_sample", "batch"),
     "algorithm": ("greedy", "astar"),
@@ -190,6 +222,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, str):  # "8,6,4" or "size=1/16,lut=2000" (+ also joins budgets)
             items = [s.strip() for s in re.split(r"[,+]" if name == "budget" else ",", value)]
             items = [s for s in items if s]
+        if item is int and any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in items):
+            raise bad("a list of integers")  # 64.5 would become 64 silently
         try:
             return tuple(int(x) if item is int else str(x) for x in items)
         except (TypeError, ValueError):
@@ -210,7 +244,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise bad("a number")
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad("a number") from None
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

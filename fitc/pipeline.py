@@ -561,6 +561,7 @@ def verify(run: Run) -> None:
 
 
 def lower(run: Run) -> None:
+    from fitc.artifacts import check_reuse_factor
     from fitc.backends.hls import emulation_check
     from fitc.backends.hls import lower as lower_graph
 
@@ -582,6 +583,9 @@ def lower(run: Run) -> None:
             )
         return {"emulation": hop.to_dict(), "hls_compile_time_s": project.compile_time_s}
 
+    check_reuse_factor(
+        hw, [(lp.name, lp.fan_in, lp.n_weights // lp.fan_in) for lp in run.plan.layers]
+    )
     run.stage("lower", (hw.to_dict(),), ["hls4ml.json"], fn, dirs=["hls4ml"])
 
 

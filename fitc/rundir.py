@@ -155,7 +155,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ArtifactError(f"{path}: file not found")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from e
 
 

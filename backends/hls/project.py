@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fitc.artifacts import CompressionPlan, HardwareConfig
+from fitc.artifacts import CompressionPlan, HardwareConfig, check_reuse_factor
 from fitc.errors import (
     ArtifactError,
     ConfigError,
@@ -287,6 +287,8 @@ def lower(
     proto = load_onnx(qonnx_path)
     check_fixed_point(proto, source=str(qonnx_path))
     glayers = graph_layers(proto, layer_map, plan, qonnx_path)
+    # A reuse factor hls4ml would silently change is an error listing the valid ones.
+    check_reuse_factor(hw, [(g.name, g.matrix.shape[1], g.matrix.shape[0]) for g in glayers])
 
     t0 = time.perf_counter()
     prepared = prepare_qonnx(proto)

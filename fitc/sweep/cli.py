@@ -73,8 +73,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "--storage",
         metavar="URL",
         help="Optuna storage shared by the workers: sqlite:///FILE, "
-        "postgresql://USER@HOST/DB, or a journal file path "
-        "(default: <out>/ledger.journal)",
+        "postgresql+psycopg2://USER@HOST/DB (pip install 'fitc[postgres]'), or a journal file "
+        "path (default: <out>/ledger.journal)",
     )
     g.add_argument(
         "--study", metavar="NAME", help="sweep name in the storage (default fitc-<out dir>)"
@@ -180,6 +180,8 @@ def sweep_command(args: argparse.Namespace) -> SweepResult:
     or ``fitc sweep collect``, from parsed arguments."""
     progress = getattr(args, "progress", None) is not False
     out = getattr(args, "out", None)
+    if args.max_points is not None and args.max_points < 1:
+        raise ConfigError(f"--max-points must be ≥ 1, got {args.max_points}")
     if args.action in ("worker", "collect"):
         storage, study = args.storage, args.study
         if out and (Path(out) / SWEEP_JSON).is_file() and not (storage and study):

@@ -12,15 +12,16 @@ name) and the full RunConfig mapping. This module knows nothing of storage, work
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
-from fitc.artifacts import Budget
+from fitc.artifacts import Budget, exact_number
 from fitc.errors import ConfigError
+from fitc.sweep.paths import check_key, check_model_ref, model_label
 
 log = logging.getLogger("fitc.sweep")  # one logger for the whole package
 
@@ -53,6 +54,10 @@ class BudgetChoice:
             )
         if not self.budget and self.device is None:
             raise ConfigError("empty budget alternative")
+        if self.device is not None:
+            from fitc.backends.devices import get_device
+
+            get_device(self.device)  # an unknown device fails here, not in every point
         # Normalise so that size=0.0625 and size=1/16 are the same point.
         object.__setattr__(self, "budget", tuple(str(Budget.parse(b)) for b in self.budget))
 
@@ -107,11 +112,10 @@ def parse_budget_axis(text: str) -> list[BudgetChoice]:
                     f"--budget {text!r}: write a device budget as device=PART:FRACTION[,FRACTION…], "
                     "e.g. device=xc7z020:0.1,0.25"
                 )
-            try:
-                fraction = float(Fraction(frac))
-            except (ValueError, ZeroDivisionError):
-                raise ConfigError(f"--budget {text!r}: fraction {frac!r} is not a number") from None
-            choices.append(BudgetChoice(device=part, fraction=fraction))
+            exact = exact_number(frac, f"--budget {text!r}: fraction")
+            if not (0 < exact <= 1):
+                raise ConfigError(f"--budget {text!r}: fraction {frac} is not in (0, 1]")
+            choices.append(BudgetChoice(device=part, fraction=float(exact)))
             prefix = f"device={part}:"
         else:
             parts = tuple(p for p in item.split("+") if p.strip())
@@ -232,6 +236,14 @@ class SweepPoint:
     params: Mapping[str, Any]
     config: Mapping[str, Any]
 
+    def __post_init__(self) -> None:
+        # A point may come from the ledger: check what paths are built from before any is.
+        check_key(self.key)
+        if not isinstance(self.params, Mapping) or not isinstance(self.config, Mapping):
+            raise ConfigError(f"sweep point {self.key}: params and config must be mappings")
+        if self.config.get("model") is not None:
+            check_model_ref(self.config["model"])
+
     def run_config(self, **overrides: Any):
         from fitc.config import from_mapping
 
@@ -239,7 +251,10 @@ class SweepPoint:
 
 
 def _key(*parts: str) -> str:
-    return "__".join(re.sub(r"[^A-Za-z0-9._=@+-]+", "-", p).strip("-") for p in parts)
+    key = "__".join(re.sub(r"[^A-Za-z0-9._=@+-]+", "-", p).strip("-.") for p in parts)
+    if len(key) > 200:  # one path component: shorten, and keep it unique with a hash
+        key = f"{key[:187]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return key
 
 
 def expand_points(spec: SweepSpec) -> list[SweepPoint]:
@@ -276,7 +291,7 @@ def expand_points(spec: SweepSpec) -> list[SweepPoint]:
                         "strategy": cfg.strategy,
                         "reuse_factor": cfg.reuse_factor,
                     }
-                    key = _key(cfg.model, label, cfg.strategy, f"rf{cfg.reuse_factor}")
+                    key = _key(model_label(cfg.model), label, cfg.strategy, f"rf{cfg.reuse_factor}")
                     if key not in points:
                         points[key] = SweepPoint(key, params, cfg_map)
     return list(points.values())

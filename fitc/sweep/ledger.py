@@ -3,9 +3,9 @@
 Contract: every point is one enqueued trial (``WAITING``) carrying its key, params and config as
 the user attributes named by :data:`KEY_ATTR`, :data:`PARAMS_ATTR` and :data:`CONFIG_ATTR`.
 :func:`open_storage` opens a journal file (``ledger.journal`` in the sweep directory by default,
-:func:`default_storage_url`) or any Optuna RDB URL (``sqlite:///…``, ``postgresql://…``); with a
-heartbeat interval the heartbeat protocol is on for both kinds (the journal storage gets it from
-this module), so Optuna's ``fail_stale_trials`` fails a ``RUNNING`` trial whose heartbeat is older
+:func:`default_storage_url`) or any Optuna RDB URL (``sqlite:///…``, ``postgresql+psycopg2://…``
+with the driver of fitc's ``postgres`` extra); with a heartbeat interval the heartbeat protocol is
+on for both kinds (the journal storage gets it from this module), so Optuna's ``fail_stale_trials`` fails a ``RUNNING`` trial whose heartbeat is older
 than the grace period and :func:`requeue` enqueues its point again, at most ``max_retry`` times.
 :func:`create_sweep` creates or resumes a sweep (complete points are kept, missing ones enqueued,
 points that raised are not retried unless asked) and records it in ``sweep.json``. Secrets never
@@ -159,6 +159,12 @@ def open_storage(
             heartbeat_stale_trial_callback=callback,
             **kwargs,
         )
+    except ImportError as e:  # Optuna's message does not say which driver
+        raise SweepError(
+            f"cannot open storage {redact(url)}: its database driver is not installed "
+            f"({e.__cause__ or e}); for PostgreSQL install fitc's extra `pip install "
+            "'fitc[postgres]'` and name the driver: postgresql+psycopg2://USER@HOST/DB"
+        ) from e
     except Exception as e:
         raise SweepError(f"cannot open storage {redact(url)}: {e.__class__.__name__}: {e}") from e
 
@@ -235,7 +241,7 @@ def points_by_key(trials) -> dict[str, list]:
     by_key: dict[str, list] = {}
     for t in trials:
         key = t.user_attrs.get(KEY_ATTR)
-        if key is not None and "fitc_duplicate_of" not in t.user_attrs:
+        if isinstance(key, str) and "fitc_duplicate_of" not in t.user_attrs:
             by_key.setdefault(key, []).append(t)
     return by_key
 
@@ -260,9 +266,14 @@ def create_sweep(
     """
     import optuna
 
+    if not (1 <= heartbeat_interval <= 3600 and heartbeat_interval < grace_period <= 7 * 86400):
+        raise ConfigError(
+            f"need a heartbeat interval in 1..3600 s and a grace period above it, at most 7 days "
+            f"(604800 s), got {heartbeat_interval} s and {grace_period} s"
+        )
+    points = expand_points(spec)  # every point valid before anything is written
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    points = expand_points(spec)
     recorded = read_json(sweep_dir / SWEEP_JSON) if (sweep_dir / SWEEP_JSON).is_file() else {}
     if storage is None and recorded.get("storage_url") and "***" in recorded["storage_url"]:
         raise SweepError(
@@ -271,11 +282,6 @@ def create_sweep(
         )
     storage_url = storage or recorded.get("storage_url") or default_storage_url(sweep_dir)
     study_name = study_name or recorded.get("study_name") or f"fitc-{sweep_dir.name}"
-    if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
-        raise ConfigError(
-            f"need heartbeat interval ≥ 1 s and grace period > interval, got "
-            f"{heartbeat_interval} s and {grace_period} s"
-        )
 
     with quiet_optuna():
         st = open_storage(storage_url)

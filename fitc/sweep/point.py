@@ -3,11 +3,13 @@
 Contract: :func:`run_point` (the default point function of every worker) runs the pipeline for a
 :class:`~fitc.sweep.grid.SweepPoint` into ``<sweep dir>/points/<key>/`` and returns its flat
 metrics. The float model of each model is trained once per sweep directory, under
-``<sweep dir>/shared/<model>/`` behind a file lock (concurrent workers on one machine never train
-it twice), its Fisher estimated once there and recomputed only when the float weights change; both
-are handed to every point through ``float_from`` / ``fisher_from``. :func:`point_metrics` reads
-the metrics of any finished run directory (accuracy, size, BOPs, resources, fits, loop summary).
-Knows nothing of the ledger: a point function only gets the point and the sweep directory.
+``<sweep dir>/shared/<model label>/`` (:func:`~fitc.sweep.paths.model_label`) behind a file lock
+(concurrent workers on one machine never train it twice), its Fisher estimated once there and
+recomputed only when the float weights change; both are handed to every point through
+``float_from`` / ``fisher_from``. Both directories are checked to lie inside the sweep directory
+before anything is written (:mod:`.paths`). :func:`point_metrics` reads the metrics of any
+finished run directory (accuracy, size, BOPs, resources, fits, loop summary). Knows nothing of
+the ledger: a point function only gets the point and the sweep directory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from fitc.rundir import RUN_JSON, fingerprint, read_json, write_text
 from fitc.sweep.grid import SweepPoint
+from fitc.sweep.paths import inside, point_dir, shared_dir
 
 
 @contextlib.contextmanager
@@ -38,19 +41,19 @@ def _file_lock(path: Path) -> Iterator[None]:
 def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]:
     """Run the pipeline for one point into ``sweep_dir/points/<key>/``.
 
-    The float model of each model is trained once, under ``sweep_dir/shared/<model>/`` (a file lock
-    keeps concurrent workers on one machine from training it twice), and its Fisher estimated once
-    there; both are handed to every point through ``float_from`` and ``fisher_from``. Returns the flattened metrics (:func:`point_metrics`).
+    The float model of each model is trained once, under ``sweep_dir/shared/<label>/`` (a file
+    lock keeps concurrent workers on one machine from training it twice), and its Fisher estimated
+    once there; both are handed to every point through ``float_from`` and ``fisher_from``. Returns
+    the flattened metrics (:func:`point_metrics`).
     """
-    from fitc.config import model_slug
     from fitc.pipeline import run_pipeline
 
-    sweep_dir = Path(sweep_dir)
+    run_dir = point_dir(sweep_dir, point.key)  # checked before anything is written
     cfg = point.run_config(progress=False)
     float_from, fisher_from = cfg.float_from, cfg.fisher_from
     if float_from is None:
-        shared = sweep_dir / "shared" / model_slug(cfg.model)
-        with _file_lock(sweep_dir / "shared" / f".{model_slug(cfg.model)}.lock"):
+        shared = shared_dir(sweep_dir, cfg.model)
+        with _file_lock(inside(sweep_dir, "shared", f".{shared.name}.lock")):
             shared_run = run_pipeline(cfg.replace(out=str(shared)), until="train")
             # The Fisher belongs to these float weights: recompute it when they changed.
             fp = fingerprint(shared / "float.pt", cfg.fisher_method, cfg.fisher_max_batches)
@@ -64,7 +67,6 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
                 write_text(fp_file, fp)
         float_from = str(shared / "float.pt")
         fisher_from = fisher_from or str(shared / "fisher.pt")
-    run_dir = sweep_dir / "points" / point.key
     run = run_pipeline(
         cfg.replace(out=str(run_dir), float_from=float_from, fisher_from=fisher_from)
     )

@@ -32,6 +32,7 @@ from fitc.sweep.ledger import (
     points_by_key,
     quiet_optuna,
 )
+from fitc.sweep.paths import check_sweep_dir
 
 RESULTS_CSV = "results.csv"
 PARETO_CSV = "pareto.csv"
@@ -196,7 +197,9 @@ def collect_results(
     = lut | dsp | bops | size: the points on the front of accuracy against that cost)."""
     with quiet_optuna():
         study = load_study(open_storage(storage_url), study_name)
-        sweep_dir = Path(sweep_dir or study.user_attrs.get("fitc_sweep_dir") or ".")
+        if sweep_dir is None:  # the ledger's word for it: checked like any ledger value
+            sweep_dir = check_sweep_dir(study.user_attrs.get("fitc_sweep_dir"), study_name)
+        sweep_dir = Path(sweep_dir)
         by_key = points_by_key(study.get_trials(deepcopy=False))
     order = {}
     if (sweep_dir / SWEEP_JSON).is_file():

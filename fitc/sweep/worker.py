@@ -4,9 +4,11 @@ Contract: :func:`run_worker` pops a ``WAITING`` trial by the storage's atomic ``
 transition (so no point runs twice), runs the point function (:data:`PointFn`, given as a callable
 or by its importable name, :func:`resolve_point_fn` / :func:`dotted_name`) while a heartbeat
 thread keeps the trial alive, and finishes the trial ``COMPLETE`` (metrics as user attributes,
-value = accuracy) or ``FAIL`` (the error message as a user attribute; not retried). Before each
-pop it fails stale trials of dead workers, whose points the ledger enqueues again; a trial that
-duplicates another of the same point is pruned. On Ctrl-C the running point is handed back at
+value = accuracy) or ``FAIL`` (the error message as a user attribute; not retried). A trial whose
+key or model fails the checks of :mod:`.paths` is failed without running, and a sweep directory
+recorded in the ledger is used only if it is a plain absolute path. Before each pop it fails
+stale trials of dead workers, whose points the ledger enqueues again; a trial that duplicates
+another of the same point is pruned. On Ctrl-C the running point is handed back at
 once. With ``wait`` a worker returns only when every point of the sweep is finished. What a point
 *does* is not this module's business: the default, :data:`DEFAULT_POINT_FN`, is resolved by name.
 """
@@ -40,6 +42,7 @@ from fitc.sweep.ledger import (
     quiet_optuna,
     requeue,
 )
+from fitc.sweep.paths import check_sweep_dir
 
 log = logging.getLogger("fitc.sweep")  # one logger for the whole package
 
@@ -189,7 +192,9 @@ def run_worker(
         )
         study = load_study(storage, study_name)
         study_id = storage.get_study_id_from_name(study_name)
-        sweep_dir = Path(sweep_dir or attrs.get("fitc_sweep_dir") or ".")
+        if sweep_dir is None:  # the ledger's word for it: checked like any ledger value
+            sweep_dir = check_sweep_dir(attrs.get("fitc_sweep_dir"), f"sweep {study_name!r}")
+        sweep_dir = Path(sweep_dir)
         done, total, _ = progress_counts(study)
         bar = tqdm(
             total=total,
@@ -214,7 +219,7 @@ def run_worker(
                     continue
                 trial = storage.get_trial(trial_id)
                 key = trial.user_attrs.get(KEY_ATTR)
-                if key is None:
+                if not isinstance(key, str):
                     storage.set_trial_user_attr(trial_id, "error", "not a fitc sweep point")
                     study.tell(trial.number, state=TrialState.FAIL)
                     continue
@@ -227,11 +232,18 @@ def run_worker(
                     study.tell(trial.number, state=TrialState.PRUNED)
                     stats.duplicates += 1
                     continue
-                point = SweepPoint(
-                    key,
-                    trial.user_attrs.get(PARAMS_ATTR, {}),
-                    trial.user_attrs.get(CONFIG_ATTR, {}),
-                )
+                try:  # the ledger is input: a point that is not safe to run is failed, not run
+                    point = SweepPoint(
+                        key,
+                        trial.user_attrs.get(PARAMS_ATTR, {}),
+                        trial.user_attrs.get(CONFIG_ATTR, {}),
+                    )
+                except ConfigError as e:
+                    log.error("trial %d: refused: %s", trial.number, e)
+                    storage.set_trial_user_attr(trial_id, "error", f"refused: {e}")
+                    study.tell(trial.number, state=TrialState.FAIL)
+                    stats.failed += 1
+                    continue
                 bar.set_postfix_str(key)
                 ran += 1
                 metrics, error = _run_one(fn, point, sweep_dir, storage, study, trial_id, interval)

@@ -147,9 +147,14 @@ def test_budget_axis_syntax():
         "1/16",
         "device=xc7z020",
         "device=xc7z020:1.5",
+        "device=xc7z020:1e400",
+        "device=nonsense:0.5",
         "size=2",
         "foo=1",
         "lut=20000+dsp=0,3",
+        "lut=1.5",
+        "dsp=1.5",
+        "lut=1e400",
     ):
         with pytest.raises(ConfigError):
             parse_budget_axis(bad)
@@ -360,6 +365,86 @@ def test_worker_on_unknown_study_says_what_to_do(tmp_path):
     url, _ = create_sweep(SPEC, tmp_path / "s")
     with pytest.raises(SweepError, match="no sweep named 'nope'"):
         run_worker(url, "nope", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger is input: what a worker builds paths from is checked first
+
+
+def test_ledger_keys_that_leave_the_sweep_are_refused_not_run(tmp_path, fake):
+    sweep = tmp_path / "sweep"
+    url, name = create_sweep(SPEC, sweep, **FAST)
+    study = optuna.load_study(study_name=name, storage=_journal(sweep))
+    # whoever can write the ledger adds points of their own
+    evil = {
+        "../../ESCAPED_RUN": {},
+        "..": {},
+        "points/../../x": {},
+        "ok-key-bad-model": {"model": "../evil.py:build\n"},
+        "ok-key-not-a-config": "model: digits-mlp",
+    }
+    for key, config in evil.items():
+        study.enqueue_trial(
+            {"point": key},
+            user_attrs={"fitc_key": key, "fitc_params": {}, "fitc_config": config},
+        )
+    study.enqueue_trial({"point": "x"}, user_attrs={"fitc_key": ["not", "a", "key"]})
+    result = run_sweep(SPEC, sweep, point_fn=f"{fake}:quick", progress=False)
+    assert [
+        t.state.name for t in study.get_trials() if t.user_attrs["fitc_key"] == ["not", "a", "key"]
+    ] == ["FAIL"]
+    status = {r["key"]: (r["status"], r["error"]) for r in result.rows}
+    for key in evil:
+        assert status[key][0] == "FAIL" and status[key][1].startswith("refused: "), status[key]
+    assert [s for k, (s, _) in status.items() if k not in evil] == ["COMPLETE"] * 6
+    assert set(markers(sweep)) == {p.key for p in expand_points(SPEC)}  # the refused never ran
+    assert not [p for p in tmp_path.rglob("*") if "ESCAPED" in p.name or p.name == "x"]
+
+
+def test_paths_are_checked_after_resolving_symlinks(tmp_path):
+    from fitc.sweep import check_sweep_dir, inside, point_dir, shared_dir
+
+    sweep, outside = tmp_path / "sweep", tmp_path / "outside"
+    (sweep / "points").mkdir(parents=True)
+    outside.mkdir()
+    (sweep / "points" / "linked").symlink_to(outside)
+    assert point_dir(sweep, "digits-mlp__size=1-16__Latency__rf1").parent == sweep / "points"
+    with pytest.raises(ConfigError, match="outside the sweep directory"):
+        point_dir(sweep, "linked")
+    (sweep / "shared").symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside the sweep directory"):
+        shared_dir(sweep, "digits-mlp")
+    for bad in ("..", ".", "a/b", "", "a\x00"):
+        with pytest.raises(ConfigError):
+            inside(sweep, bad)
+    for bad in ("relative/dir", "/abs/../up", None, 3, "/a\nb"):
+        with pytest.raises(ConfigError, match="pass --out"):
+            check_sweep_dir(bad)
+    assert check_sweep_dir(str(sweep)) == sweep
+
+
+def test_model_labels_are_slugs_unique_per_reference():
+    from fitc.sweep import check_model_ref, model_label
+
+    assert model_label("digits-mlp") == "digits-mlp" and model_label("mlp") == "mlp"
+    a, b = model_label("a/nets.py:build"), model_label("b/nets.py:build")
+    assert a.startswith("nets-build-") and b.startswith("nets-build-") and a != b
+    assert model_label("pkg.nets:Net.build").startswith("pkg-Net-build-")
+    for ref in ("../evil.py:build\n", "nets.py:not a name", ":build", "../x", "a\x00", ""):
+        with pytest.raises(ConfigError, match="not a model reference"):
+            check_model_ref(ref)
+    spec = SweepSpec.from_grid(budgets=["size=1/8"], base={"model": "digits-mlp"})
+    assert [p.key for p in expand_points(spec)] == ["digits-mlp__size=1-8__Latency__rf1"]
+
+
+def test_a_ledger_sweep_directory_must_be_absolute(tmp_path):
+    url, name = create_sweep(SPEC, tmp_path / "s")
+    study = optuna.load_study(study_name=name, storage=_journal(tmp_path / "s"))
+    study.set_user_attr("fitc_sweep_dir", "../../elsewhere")
+    with pytest.raises(ConfigError, match="not a plain absolute path"):
+        run_worker(url, name, progress=False)
+    with pytest.raises(ConfigError, match="not a plain absolute path"):
+        collect_results(url, name)
 
 
 # ---------------------------------------------------------------------------------------------
