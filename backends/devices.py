@@ -7,6 +7,8 @@ Contract:
 - :func:`get_device` accepts a preset name (``"xc7z020"``), an alias (``"pynq-z2"``, ``"zcu102"``,
   ``"u250"``) or a full part number (``"xc7z020clg400-1"``, ``"xcu250-figd2104-2L-e"``: the longest
   preset name the part starts with). Unknown names raise :class:`UnknownDeviceError` naming the nearest.
+- A device's ``part`` must read as a Xilinx/AMD part number (:func:`fitc.artifacts.check_part`:
+  ``xc``/``xq``/``xa``, family and device, then package, speed grade, temperature).
 - :func:`register_device` adds a part at run time; :func:`load_devices` reads extra parts from a YAML
   file (``yaml.safe_load``) and registers them.
 - :func:`device_budgets` turns "fit in 25 % of this part" into one :class:`~fitc.artifacts.Budget`
@@ -30,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from fitc.artifacts import Budget
+from fitc.artifacts import Budget, check_part
 from fitc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Device:
                 raise ConfigError(f"device {self.name}: {key} must be an integer ≥ 0, got {v!r}")
         if self.lut == 0:
             raise ConfigError(f"device {self.name}: lut must be > 0")
+        check_part(self.part, f"device {self.name}: part")
         object.__setattr__(self, "aliases", tuple(a.strip().lower() for a in self.aliases))
 
     def resource(self, kind: str) -> int:

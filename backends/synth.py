@@ -58,11 +58,17 @@ def check_tools(project_dir: str | Path, hw: HardwareConfig, *, vsynth: bool = F
     """Raise :class:`ToolNotFoundError` unless every tool :func:`required_tools` names is on PATH."""
     missing = [t for t in required_tools(hw, vsynth=vsynth) if shutil.which(t) is None]
     if missing:
+        build = f"cd {project_dir} && {_BUILD_CMD[hw.backend]}"
+        run_dir = Path(project_dir).parent
+        how = (
+            f"`fitc synth {run_dir}` (or `{build}`)"
+            if (run_dir / "run.json").is_file()
+            else f"`{build}` (for a fitc run, `fitc synth RUN_DIR`)"
+        )
         raise ToolNotFoundError(
             f"{' and '.join(missing)} not found on PATH: synthesizing a {hw.backend} project needs "
             f"{' and '.join(missing)} ({hw.backend} installation). The hls4ml project in "
-            f"{project_dir} is complete; synthesize it on a machine with {hw.backend}: "
-            f"`fitc synth {project_dir}` (or `cd {project_dir} && {_BUILD_CMD[hw.backend]}`)."
+            f"{project_dir} is complete; synthesize it on a machine with {hw.backend}: {how}."
         )
 
 
@@ -91,7 +97,8 @@ def synthesize(
         project_dir = project_dir / "hls4ml"
     if not (project_dir / "hls4ml_config.yml").is_file():
         raise ArtifactError(
-            f"{project_dir}: no hls4ml project (hls4ml_config.yml missing); run `fitc lower` first"
+            f"{project_dir}: no hls4ml project (hls4ml_config.yml missing); run "
+            "`fitc lower RUN_DIR` first"
         )
     hw = hw if hw is not None else _project_hardware(project_dir)
     if vsynth is None:

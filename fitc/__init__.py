@@ -10,6 +10,13 @@ reopens a run (see :mod:`fitc.api`).
 
 from __future__ import annotations
 
+import warnings
+
+# brevitas.graph.equalize: an optional CUDA kernel package; nothing a CPU user can act on.
+warnings.filterwarnings(
+    "ignore", message="fast_hadamard_transform package not found", category=UserWarning
+)
+
 __version__ = "0.1.0"
 
 

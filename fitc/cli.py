@@ -1,8 +1,14 @@
 """The ``fitc`` command line.
 
-Every subcommand takes ``--config FILE`` (YAML) and flags; flags win over the file, the file over the
-defaults. Errors a user can act on (:class:`FitcError`) print one line and exit with code 2;
-``--debug`` shows the traceback. This module is the only place that prints.
+Options come from defaults < a run directory's recorded config < ``--config FILE`` (YAML) < flags.
+Each subcommand takes only the options that mean something for it (``--out`` where a run directory
+is made, not where one is given). Names are case-insensitive and become their canonical spelling
+before the config is built (``--strategy latency`` → ``Latency``); the help is made of the tables
+the code checks against (device presets, strategies, stages, resource models), with examples.
+Commands that finish a stage print the run summary of :mod:`fitc.summary` (``--json`` for
+scripts). Errors a user can act on (:class:`FitcError`) print one line and exit with code 2;
+``--debug`` shows the traceback and other libraries' logs. This module is the only place that
+prints.
 """
 
 from __future__ import annotations
@@ -21,14 +27,98 @@ log = logging.getLogger("fitc")
 
 
 # ---------------------------------------------------------------------------------------------
+# The tables the help and the checks are made of (the code's own, so they cannot disagree)
+
+#: hls4ml backends and io types ``HardwareConfig`` accepts.
+BACKENDS = ("Vitis", "Vivado")
+IO_TYPES = ("io_parallel", "io_stream")
+
+
+def strategies() -> tuple[str, ...]:
+    """The hls4ml strategies, canonical spelling (the sweep's table: ``latency`` → ``Latency``)."""
+    from fitc.sweep.grid import STRATEGIES
+
+    return tuple(dict.fromkeys(STRATEGIES.values()))
+
+
+def config_choices(key: str) -> tuple[str, ...]:
+    """The values :class:`~fitc.config.RunConfig` accepts for ``key`` (``until``, …)."""
+    from fitc.config import _CHOICES
+
+    return tuple(_CHOICES[key])
+
+
+def device_names() -> tuple[str, ...]:
+    """The device presets, in the order of the table in :mod:`fitc.backends.devices`."""
+    from fitc.backends.devices import PRESETS
+
+    return tuple(d.name for d in PRESETS)
+
+
+class _Later:
+    """A help parameter computed when argparse formats the help (``%(name)s``), not before."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __str__(self) -> str:
+        return self.make()
+
+
+def _canonical(choices: Sequence[str], aliases: dict[str, str] | None = None):
+    """An argparse ``type``: a name in any case (``latency``) → its canonical spelling."""
+    table = {c.lower(): c for c in choices}
+    table.update({k.lower(): v for k, v in (aliases or {}).items()})
+
+    def convert(text: str) -> str:
+        try:
+            return table[text.strip().lower().replace("-", "_")]
+        except KeyError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not one of {', '.join(choices)} (any case)"
+            ) from None
+
+    return convert
+
+
+def _strategy_type():
+    from fitc.sweep.grid import STRATEGIES
+
+    return _canonical(strategies(), STRATEGIES)
+
+
+# ---------------------------------------------------------------------------------------------
 # Argument groups, shared by the subcommands that need them
 
+RUN_DIR = "run directory (default: runs/<model>_<budget>)"
+SWEEP_DIR = "sweep directory: a run directory per point in points/, results.csv, the ledger"
 
-def _common(p: argparse.ArgumentParser) -> None:
+
+def _general(
+    p: argparse.ArgumentParser,
+    *,
+    out: str | None = None,
+    config: bool = False,
+    seed: bool = False,
+    json_out: bool = False,
+    force: bool = False,
+) -> None:
+    """The general options; each subcommand takes only those that mean something for it
+    (``out``: the help of ``--out``, for the commands that make a directory)."""
     g = p.add_argument_group("general")
-    g.add_argument("--config", metavar="FILE", help="YAML file of options (flags win over it)")
-    g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>_<budget>)")
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    if config:
+        g.add_argument("--config", metavar="FILE", help="YAML file of options (flags win over it)")
+    if out:
+        g.add_argument("--out", metavar="DIR", help=out)
+    if seed:
+        g.add_argument("--seed", type=int, help="random seed (default 0)")
+    if force:
+        g.add_argument(
+            "--force",
+            action="store_true",
+            help="if --out holds another run (other model, data or seed), delete all its files "
+            "and start over (default: refuse)",
+        )
     g.add_argument(
         "--no-progress",
         dest="progress",
@@ -36,6 +126,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         const=False,
         help="hide progress bars",
     )
+    if json_out:
+        g.add_argument(
+            "--json", action="store_true", help="print the summary as JSON (for scripts)"
+        )
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
@@ -79,10 +173,22 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "--budget",
         action="append",
         metavar="KIND=VALUE",
-        help="size=1/16 (default), bops=0.02, lut=20000, dsp=0 …; repeat for several",
+        help="size=1/16 (default: weight bits relative to the float model), bops=0.02, and "
+        "hardware budgets lut=20000, ff=…, dsp=0, bram=… (18 Kb blocks), latency=… (cycles); "
+        "repeat for several",
     )
-    g.add_argument("--device", help="device preset (xc7z020, xczu9eg, xcu250, xcvu9p, xcku115)")
-    g.add_argument("--fraction", type=float, help="fraction of every device resource to fit in")
+    device = g.add_argument(
+        "--device",
+        help="device preset: %(presets)s; or an alias (pynq-z2, zcu102, u250, …) or a full part "
+        "number; with --fraction",
+    )
+    # Filled in only when the help is shown: the device table's package loads hls4ml (seconds).
+    device.presets = _Later(lambda: ", ".join(device_names()))
+    g.add_argument(
+        "--fraction",
+        type=float,
+        help="fraction of every resource of --device to fit in (LUT, FF, DSP, BRAM), e.g. 0.25",
+    )
     g.add_argument("--weight-bits", help="weight bit-width ladder, e.g. 8,6,4,3,2")
     g.add_argument("--act-bits", help="activation bit-width ladder (default 8: not searched)")
     g.add_argument(
@@ -91,12 +197,20 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         const=True,
         help="search per-layer pruning levels instead of one global level",
     )
+    methods = config_choices("fisher_method")
     g.add_argument(
         "--fisher-method",
-        choices=("per_sample", "batch"),
+        type=_canonical(methods),
+        choices=methods,
         help="exact per-sample empirical Fisher (default) or the mini-batch approximation",
     )
-    g.add_argument("--algorithm", choices=("greedy", "astar"), help="path search (default greedy)")
+    algorithms = config_choices("algorithm")
+    g.add_argument(
+        "--algorithm",
+        type=_canonical(algorithms),
+        choices=algorithms,
+        help="path search (default greedy)",
+    )
     g.add_argument("--lam", type=float, help="weight λ of the heuristic in f = g + λ·h")
     g.add_argument(
         "--refresh-every", type=int, help="re-estimate the Fisher every k expansions (0: never)"
@@ -107,18 +221,37 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, help="quantization-aware fine-tuning epochs")
     g.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
-    g.add_argument("--optimizer", choices=("adam", "sgd"))
-    g.add_argument("--schedule", choices=("cosine", "none"))
+    for key in ("optimizer", "schedule"):
+        names = config_choices(key)
+        g.add_argument(
+            f"--{key}", type=_canonical(names), choices=names, help=f"default {names[0]}"
+        )
 
 
 def _hw_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("hardware (hls4ml)")
-    g.add_argument("--backend", choices=("Vitis", "Vivado"), help="hls4ml backend (default Vitis)")
-    g.add_argument("--part", help="FPGA part (default xc7z020clg400-1)")
+    g = p.add_argument_group("hardware (hls4ml; names in any case)")
+    g.add_argument(
+        "--backend",
+        type=_canonical(BACKENDS),
+        choices=BACKENDS,
+        help=f"hls4ml backend (default {BACKENDS[0]})",
+    )
+    g.add_argument("--part", help="FPGA part (default: the --device's, else xc7z020clg400-1)")
     g.add_argument("--clock-ns", type=float, help="clock period in ns (default 5)")
-    g.add_argument("--io-type", choices=("io_parallel", "io_stream"))
-    g.add_argument("--strategy", choices=("Latency", "Resource", "distributed_arithmetic"))
-    g.add_argument("--reuse-factor", type=int)
+    g.add_argument(
+        "--io-type",
+        type=_canonical(IO_TYPES),
+        choices=IO_TYPES,
+        help=f"default {IO_TYPES[0]}",
+    )
+    names = strategies()
+    g.add_argument(
+        "--strategy",
+        type=_strategy_type(),
+        choices=names,
+        help=f"default {names[0]} (latency, resource, da are accepted too)",
+    )
+    g.add_argument("--reuse-factor", type=int, help="default 1")
 
 
 _NOT_CONFIG = {
@@ -126,6 +259,8 @@ _NOT_CONFIG = {
     "config",
     "debug",
     "quiet",
+    "json",
+    "force",
     "dir",
     "func",
     "onnx",
@@ -147,14 +282,16 @@ def _config(args: argparse.Namespace, run_dir: Path | None = None):
     if "budget" in flags:
         # Within one run every budget applies at once: "lut=20000,dsp=0" = "lut=20000+dsp=0".
         flags["budget"] = [b for item in flags["budget"] for b in re.split(r"[,+]", item) if b]
+    config_file = getattr(args, "config", None)
     if run_dir is not None:
         if not (run_dir / RUN_JSON).is_file():
             raise FitcError(
-                f"{run_dir} is not a fitc run directory (no {RUN_JSON}); run `fitc run --out {run_dir}` first"
+                f"{run_dir} is not a fitc run directory (no {RUN_JSON}); run "
+                f"`fitc run --out {run_dir}` first"
             )
         recorded = read_json(run_dir / RUN_JSON).get("config", {})
-        return load_config(args.config, base=recorded, **{**flags, "out": str(run_dir)})
-    return load_config(args.config, **flags)
+        return load_config(config_file, base=recorded, **{**flags, "out": str(run_dir)})
+    return load_config(config_file, **flags)
 
 
 def _model_args_flags(items: list[str]) -> dict[str, Any]:
@@ -174,6 +311,29 @@ def _model_args_flags(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _need(run_dir: Path, artifact: str, what: str, command: str) -> None:
+    """Refuse a run-directory command whose input artifact is missing, naming what makes it."""
+    from fitc.rundir import RUN_JSON
+
+    if (run_dir / RUN_JSON).is_file() and not (run_dir / artifact).exists():
+        raise FitcError(f"{run_dir} has no {what} yet ({artifact}); run `{command}` first")
+
+
+def _continue_command(run_dir: Path) -> str:
+    """``fitc run`` with the run's recorded options: continues it (finished stages are reused)."""
+    from fitc.rundir import RUN_JSON, read_json
+    from fitc.summary import rerun_command
+
+    return rerun_command(read_json(run_dir / RUN_JSON).get("config", {}), run_dir)
+
+
+def _need_model(run_dir: Path) -> None:
+    from fitc.rundir import RUN_JSON
+
+    if (run_dir / RUN_JSON).is_file() and not (run_dir / "model.pt").exists():
+        _need(run_dir, "model.pt", "fine-tuned model", _continue_command(run_dir))
+
+
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 
@@ -181,27 +341,28 @@ def _model_args_flags(items: list[str]) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from fitc.pipeline import run_pipeline
 
-    run = run_pipeline(_config(args), until="train")
+    run = run_pipeline(_config(args), until="train", force=args.force)
     m = run.dir.metrics
     print(
         f"float model {run.cfg.model}: test accuracy {m['float_test_accuracy']:.4f}  →  {run.dir.path}"
     )
+    print(f"next: {_continue_command(run.dir.path)}   # search, fine-tune, export, lower, estimate")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fitc.pipeline import run_pipeline
 
-    run = run_pipeline(_config(args))
-    _print_summary(run)
+    run = run_pipeline(_config(args), force=args.force)
+    _print_summary(run, args)
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from fitc.pipeline import run_pipeline
 
-    run = run_pipeline(_config(args), until="search")
-    _print_summary(run)
+    run = run_pipeline(_config(args), until="search", force=args.force)
+    _print_summary(run, args)
     return 0
 
 
@@ -218,32 +379,46 @@ def cmd_stage(stage: str):
         from fitc.pipeline import run_pipeline
 
         run_dir = Path(args.dir)
-        if not (run_dir / "model.pt").is_file() and (run_dir / "run.json").is_file():
-            raise FitcError(
-                f"{run_dir} has no fine-tuned model yet (model.pt); run `fitc run --out {run_dir}` "
-                f"(or `fitc run --until finetune`) first"
-            )
+        _need_model(run_dir)
+        if stage == "lower":
+            _need(run_dir, "export.json", "exported graph", f"fitc export {run_dir}")
+        if stage == "estimate" and getattr(args, "resource_model", None) == "report":
+            _need_vendor_reports(run_dir)
         run = run_pipeline(_config(args, run_dir), until=stage)
-        _print_summary(run)
+        _print_summary(run, args)
         return 0
 
     return cmd
 
 
+def _need_vendor_reports(run_dir: Path) -> None:
+    _need(run_dir, "hls4ml.json", "hls4ml project", f"fitc lower {run_dir}")
+    if not any((run_dir / "hls4ml").rglob("*_csynth.xml")):
+        raise FitcError(
+            f"no vendor synthesis report in {run_dir / 'hls4ml'} yet: run `fitc synth {run_dir}` "
+            f"(needs Vitis HLS or Vivado HLS on PATH), then `fitc estimate {run_dir} --model report`"
+        )
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from fitc.backends.synth import synthesize
     from fitc.pipeline import open_run
-
-    run = open_run(_config(args, Path(args.dir)))
-    report = synthesize(run.dir / "hls4ml", run.hardware)
     from fitc.rundir import write_json
 
+    run_dir = Path(args.dir)
+    _need(run_dir, "hls4ml.json", "hls4ml project", f"fitc lower {run_dir}")
+    run = open_run(_config(args, run_dir))
+    report = synthesize(run.dir / "hls4ml", run.hardware)
     write_json(run.dir / "resources_synth.json", report.to_dict())
     print(
-        f"{report.source}: LUT {report.lut:.0f}, FF {report.ff:.0f}, DSP {report.dsp:.0f}, "
-        f"BRAM_18K {report.bram_18k:.0f}, latency {report.latency_cycles:.0f} cycles "
-        f"({report.latency_ns:.1f} ns) → {run.dir / 'resources_synth.json'}"
+        f"{report.source}: LUT {report.lut:,.0f}, FF {report.ff:,.0f}, DSP {report.dsp:,.0f}, "
+        f"BRAM 18K {report.bram_18k:,.0f}, latency {report.latency_cycles:,.0f} cycles "
+        f"({report.latency_ns:g} ns) → {run.dir / 'resources_synth.json'}"
     )
+    print(
+        f"next: fitc estimate {run_dir} --model report   # the vendor numbers as the run's resources"
+    )
+    print(f"      fitc report {run_dir}                    # report.md and plots/")
     return 0
 
 
@@ -270,7 +445,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise FitcError(
                 "give a run directory (fitc verify DIR) or a graph (--onnx FILE --inputs X.npy)"
             )
-        return cmd_stage("verify")(args)
+        given = [f"--{k}" for k in ("inputs", "reference", "labels") if getattr(args, k)]
+        if given:
+            raise FitcError(
+                f"{', '.join(given)} go with --onnx FILE; a run directory is checked on its own "
+                "test split"
+            )
+        return _verify_run(args)
     from fitc.export import verify_onnx_file
 
     if args.inputs is None:
@@ -279,23 +460,109 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ref = _load_npy(args.reference, "--reference") if args.reference else None
     y = _load_npy(args.labels, "--labels") if args.labels else None
     report = verify_onnx_file(args.onnx, X, reference=ref, y=y)
-    print(f"{report.path} ({report.graph_format}), {report.n_samples} samples")
-    _print_table(
-        [
-            {
-                "hop": f"{h.a} → {h.b}",
-                "max |diff|": h.max_abs_diff,
-                "identical rows": f"{h.identical_rows:.1%}",
-                "argmax agreement": f"{h.argmax_agreement:.1%}",
-            }
-            for h in report.hops
-        ]
-    )
-    for why in report.skipped:
-        print(f"skipped: {why}")
+    if args.json:
+        print(_dumps({**report.to_dict(), "exact": report.exact}))
+    else:
+        print(f"{report.path} ({report.graph_format}), {report.n_samples} samples")
+        _print_hops(report.hops)
+        for why in report.skipped:
+            print(f"skipped: {why}")
     if not report.exact:
         raise FitcError("the graph's outputs are not bit-identical across the hops above")
     return 0
+
+
+def _verify_run(args: argparse.Namespace) -> int:
+    """Run the test split through the run's Brevitas model, its QONNX graph, its QCDQ twin and
+    (when compiled) its hls4ml emulation again, and compare — reading the run, writing nothing."""
+    from fitc.errors import EquivalenceError
+    from fitc.export import check_equivalence, verify_chain
+    from fitc.pipeline import open_run
+
+    run_dir = Path(args.dir)
+    _need_model(run_dir)
+    _need(run_dir, "export.json", "exported graph", f"fitc export {run_dir}")
+    run = open_run(_config(args, run_dir))
+    X, y = run.data.X_test, run.data.y_test
+    report = verify_chain(run.qmodel, run.exported, X, y, plan=run.plan, masks=run.masks)
+    hops, skipped = list(report.hops), []
+    if run.exported.qcdq_path is None:
+        skipped.append(f"onnxruntime: no QCDQ twin ({run.exported.qcdq_skipped_reason})")
+    emulation = _emulation_hop(run_dir, run.exported.qonnx_path, X, y)
+    if isinstance(emulation, str):
+        skipped.append(emulation)
+    else:
+        hops.append(emulation)
+    exact = all(h.exact for h in hops) and all(c.get("ok") for c in report.layer_checks)
+    if args.json:
+        print(
+            _dumps(
+                {
+                    "run_dir": str(run_dir),
+                    "n_samples": len(X),
+                    "hops": [h.to_dict() for h in hops],
+                    "layer_checks": list(report.layer_checks),
+                    "skipped": skipped,
+                    "exact": exact,
+                }
+            )
+        )
+    else:
+        print(f"{run_dir}: recomputed on the test split ({len(X)} samples)")
+        _print_hops(hops)
+        for c in report.layer_checks:
+            if not c.get("ok"):
+                print(f"layer {c['name']}: {'; '.join(c.get('problems', []))}")
+        for why in skipped:
+            print(f"skipped: {why}")
+    check_equivalence(report)
+    if not exact:
+        raise EquivalenceError(
+            "the hls4ml emulation differs from the QONNX graph; run `fitc lower "
+            f"{run_dir}` to rebuild the project"
+        )
+    return 0
+
+
+def _emulation_hop(run_dir: Path, qonnx_path: str, X, y):
+    """The hls4ml emulation against the qonnx executor, or why it was not checked (a string):
+    only a project whose C++ emulation is already compiled is run, so nothing is written."""
+    hls_dir = run_dir / "hls4ml"
+    if not (run_dir / "hls4ml.json").is_file():
+        return f"hls4ml emulation: not lowered yet (`fitc lower {run_dir}`)"
+    from fitc.backends.hls import emulation_check, load_project
+
+    project = load_project(hls_dir)
+    if not any((hls_dir / "firmware").glob(f"{project.project_name}-*.so")):
+        return f"hls4ml emulation: not compiled (`fitc lower {run_dir}` compiles it)"
+    return emulation_check(project, qonnx_path, X, y)
+
+
+def _print_hops(hops) -> None:
+    """One row per hop; accuracies when the hops have labels."""
+    import math
+
+    rows = []
+    for h in hops:
+        row = {
+            "hop": f"{h.a} → {h.b}",
+            "samples": h.n_samples,
+            "max |diff|": h.max_abs_diff,
+            "identical rows": f"{h.identical_rows:.1%}",
+            "argmax agreement": f"{h.argmax_agreement:.1%}",
+            "bit-exact": "yes" if h.exact else "NO",
+        }
+        if not math.isnan(h.accuracy_a):
+            row["accuracy"] = f"{h.accuracy_a:.2%} → {h.accuracy_b:.2%}"
+        rows.append(row)
+    _print_table(rows)
+    accuracy: dict[str, float] = {}
+    for h in hops:
+        for engine, acc in ((h.a, h.accuracy_a), (h.b, h.accuracy_b)):
+            if not math.isnan(acc):
+                accuracy.setdefault(engine, acc)
+    if accuracy:
+        print("accuracy: " + ", ".join(f"{e} {a:.2%}" for e, a in accuracy.items()))
 
 
 def _load_npy(path: str, flag: str):
@@ -312,110 +579,154 @@ def _load_npy(path: str, flag: str):
 def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    cols = list(rows[0])
-    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(width[c]) for c in cols))
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    width = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(width[c]) for c in cols).rstrip())
     for r in rows:
-        print("  ".join(_fmt(r[c]).ljust(width[c]) for c in cols))
+        print("  ".join(_fmt(r.get(c, "")).ljust(width[c]) for c in cols).rstrip())
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_summary(run) -> None:
-    m = run.dir.metrics
-    if (run.dir / "plan.json").is_file():
-        _print_table(summary_rows(run))
-    keys = [
-        ("float_test_accuracy", "float accuracy"),
-        ("built_test_accuracy", "accuracy after build"),
-        ("finetuned_test_accuracy", "accuracy after fine-tuning"),
-        ("budget", "budget"),
-        ("planned_cost", "planned cost"),
-        ("achieved_size", "achieved size"),
-        ("achieved_bops", "achieved BOPs"),
-        ("hls_compile_time_s", "hls4ml compile time [s]"),
-    ]
-    print()
-    for key, label in keys:
-        if key in m:
-            print(f"{label:>28}: {_fmt(m[key])}")
-    if "equivalence" in m:
-        hops = m["equivalence"]["hops"]
-        ok = all(h["max_abs_diff"] == 0 and h["identical_rows"] == 1 for h in hops)
-        print(f"{'Brevitas ≡ qonnx ≡ ORT':>28}: {'bit-exact' if ok else 'DIFFERENT'}")
-    if "emulation" in m:
-        e = m["emulation"]
-        ok = e["max_abs_diff"] == 0 and e["identical_rows"] == 1
-        print(f"{'hls4ml emulation ≡ qonnx':>28}: {'bit-exact' if ok else 'DIFFERENT'}")
-    if "resources" in m:
-        r = m["resources"]
-        print(
-            f"{'resources (' + r['source'] + ')':>28}: LUT {r['lut']:.0f}, FF {r['ff']:.0f}, "
-            f"DSP {r['dsp']:.0f}, BRAM_18K {r['bram_18k']:.0f}, latency {r['latency_cycles']:.0f} cycles"
-        )
-    if "loop" in m:
-        lp = m["loop"]
-        print(
-            f"{'closed loop':>28}: {lp['iterations']} iteration(s), {lp['stop_reason']}, "
-            f"{'fits' if lp['fits'] else 'DOES NOT FIT'} {lp['targets']}"
-        )
-    print(f"{'run directory':>28}: {run.dir.path}")
+def _dumps(obj: Any) -> str:
+    """Strict JSON (no NaN or Infinity: those become null)."""
+    import json
+    import math
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
-def summary_rows(run) -> list[dict[str, Any]]:
-    """Per-layer rows for the CLI's summary table."""
+def _print_summary(run, args: argparse.Namespace) -> None:
+    from fitc.summary import run_summary, summary_lines
+
+    s = run_summary(run.dir.path, run.targets)
+    if getattr(args, "json", False):
+        print(_dumps(s))
+        return
+    if s.get("plan"):
+        print("plan, per layer:")
+        _print_table(summary_rows(s["plan"]["layers"]))
+        print()
+    for line in summary_lines(s):
+        print(line)
+
+
+def summary_rows(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-layer rows of the plan for the CLI's summary table."""
     return [
         {
-            "layer": lp.name,
-            "w_bits": lp.weight_bits,
-            "a_bits": lp.act_bits,
-            "weights": lp.n_weights,
-            "nonzero": lp.n_nonzero,
-            "sparsity": f"{lp.sparsity:.1%}",
+            "layer": lp["layer"],
+            "weight bits": lp["weight_bits"],
+            "input bits": lp["act_bits"],
+            "weights": f"{lp['weights']:,}",
+            "non-zero": f"{lp['nonzero']:,}",
+            "pruned": f"{lp['sparsity']:.1%}",
         }
-        for lp in run.plan.layers
+        for lp in layers
     ]
 
 
 # ---------------------------------------------------------------------------------------------
+# The parser. Every example below is run (or at least parsed) by tests/fitc/test_cli.py.
+
+EXAMPLES = {
+    "train": ["fitc train --model digits-mlp --out runs/mlp"],
+    "search": ["fitc search --model digits-mlp --budget size=1/32 --out runs/mlp"],
+    "sensitivity": ["fitc sensitivity runs/mlp"],
+    "run": [
+        "fitc run --model digits-mlp --budget size=1/32 --out runs/mlp",
+        "fitc run --model digits-mlp --device xc7z020 --fraction 0.25 --out runs/pynq25",
+        "fitc run --model digits-cnn --budget lut=20000 --budget dsp=0 --strategy latency "
+        "--out runs/cnn",
+    ],
+    "export": ["fitc export runs/mlp"],
+    "verify": [
+        "fitc verify runs/mlp",
+        "fitc verify --onnx runs/mlp/model.qonnx.onnx --inputs X.npy --labels y.npy",
+    ],
+    "lower": ["fitc lower runs/mlp --io-type io_stream --strategy resource --reuse-factor 4"],
+    "estimate": ["fitc estimate runs/mlp --model analytical"],
+    "synth": ["fitc synth runs/mlp"],
+    "report": ["fitc report runs/mlp"],
+    "sweep": [
+        "fitc sweep --model digits-mlp --budget size=1/16,1/32 --strategy latency,da "
+        "--workers 2 --out sweeps/digits",
+        "fitc sweep --out sweeps/digits",
+    ],
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps the description; keeps the examples' lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _sub(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {e}" for e in EXAMPLES.get(name, []))
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"examples:\n{examples}" if examples else None,
+        formatter_class=_HelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    stages = " → ".join(("train", "search", "fine-tune", "export", "verify", "lower", "estimate"))
     parser = argparse.ArgumentParser(
         prog="fitc",
         description="Compress a PyTorch model for an FPGA (FITCompress: Fisher-guided pruning + "
         "mixed precision), export it to QONNX, lower it through hls4ml, verified bit for bit.",
+        epilog="`fitc COMMAND --help` shows each command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train (or reuse) the float model")
-    _model_args(p), _common(p)
+    p = _sub(sub, "train", "train (or reuse) the float model")
+    _model_args(p), _general(p, out=RUN_DIR, config=True, seed=True, force=True)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", help="train if needed, estimate the Fisher and search a plan")
-    _model_args(p), _search_args(p), _common(p)
+    p = _sub(sub, "search", "train if needed, estimate the Fisher and search a plan")
+    _model_args(p), _search_args(p)
+    _general(p, out=RUN_DIR, config=True, seed=True, json_out=RUN_DIR, force=True)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("sensitivity", help="per-layer FIT sensitivity table of a run's float model")
+    p = _sub(sub, "sensitivity", "per-layer FIT sensitivity table of a run's float model")
     p.add_argument("dir", help="run directory")
-    _common(p)
+    _general(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    p = sub.add_parser(
-        "run", help="the whole pipeline: train → search → fine-tune → export → verify → lower"
-    )
-    _model_args(p), _search_args(p), _finetune_args(p), _hw_args(p), _common(p)
+    p = _sub(sub, "run", f"the whole pipeline: {stages}")
+    _model_args(p), _search_args(p), _finetune_args(p), _hw_args(p)
+    _general(p, out=RUN_DIR, config=True, seed=True, json_out=RUN_DIR, force=True)
+    until = config_choices("until")
     p.add_argument(
         "--until",
-        choices=("train", "search", "finetune", "export", "lower", "estimate"),
-        help="stop after this stage (default estimate: the whole pipeline)",
+        type=_canonical(until),
+        choices=until,
+        help=f"stop after this stage (default {until[-1]}: the whole pipeline)",
     )
+    loop_models = tuple(m for m in config_choices("resource_model") if m != "report")
     p.add_argument(
         "--resource-model",
-        choices=("analytical", "da4ml"),
-        help="accurate resource model for the estimate and the loop (default da4ml)",
+        type=_canonical(loop_models),
+        choices=loop_models,
+        help="accurate resource model for the estimate and the closed loop (default da4ml)",
     )
     p.add_argument(
         "--max-loop-iterations",
@@ -424,63 +735,101 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    for name, stage, helptext in (
-        ("export", "export", "export a run's fine-tuned model to QONNX (+ QCDQ twin)"),
-        ("verify", "verify", "check Brevitas ≡ qonnx ≡ onnxruntime bit for bit on the test set"),
-        ("lower", "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation"),
-        ("estimate", "estimate", "estimate a run's FPGA resources (LUT, FF, DSP, BRAM, latency)"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        if name == "verify":
-            p.add_argument("dir", nargs="?", help="run directory")
-            g = p.add_argument_group("a graph made elsewhere")
-            g.add_argument(
-                "--onnx", metavar="FILE", help="QONNX or QCDQ file to check instead of a run"
-            )
-            g.add_argument("--inputs", metavar="X.npy", help="inputs, shaped (N, *input shape)")
-            g.add_argument(
-                "--reference", metavar="R.npy", help="expected outputs to compare against"
-            )
-            g.add_argument("--labels", metavar="Y.npy", help="labels, to report accuracies")
-        else:
-            p.add_argument("dir", help="run directory")
-        if name == "lower":
-            _hw_args(p)
-        if name == "estimate":
-            p.add_argument(
-                "--model",
-                dest="resource_model",
-                choices=("analytical", "da4ml", "report"),
-                help="resource model: analytical (fast), da4ml (adder graphs, default), "
-                "report (vendor synthesis reports in DIR/hls4ml)",
-            )
-        _common(p)
-        p.set_defaults(func=cmd_verify if name == "verify" else cmd_stage(stage))
+    p = _sub(sub, "export", "export a run's fine-tuned model to QONNX (+ QCDQ twin) and verify it")
+    p.add_argument("dir", help="run directory")
+    _general(p, json_out=True)
+    p.set_defaults(func=cmd_stage("export"))
+
+    p = _sub(
+        sub,
+        "verify",
+        "check Brevitas ≡ qonnx ≡ onnxruntime (≡ hls4ml emulation) bit for bit",
+        "Run a run directory's test split through its Brevitas model, QONNX graph, QCDQ twin "
+        "and compiled hls4ml emulation again and compare them bit for bit (nothing is written); "
+        "or check a graph made elsewhere (--onnx).",
+    )
+    p.add_argument("dir", nargs="?", help="run directory")
+    g = p.add_argument_group("a graph made elsewhere")
+    g.add_argument("--onnx", metavar="FILE", help="QONNX or QCDQ file to check instead of a run")
+    g.add_argument("--inputs", metavar="X.npy", help="inputs, shaped (N, *input shape)")
+    g.add_argument("--reference", metavar="R.npy", help="expected outputs to compare against")
+    g.add_argument("--labels", metavar="Y.npy", help="labels (N,): prints each engine's accuracy")
+    _general(p, json_out=True)
+    p.set_defaults(func=cmd_verify)
+
+    p = _sub(sub, "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation")
+    p.add_argument("dir", help="run directory")
+    _hw_args(p)
+    _general(p, config=True, json_out=True)
+    p.set_defaults(func=cmd_stage("lower"))
+
+    models = config_choices("resource_model")
+    p = _sub(sub, "estimate", "estimate a run's FPGA resources (LUT, FF, DSP, BRAM, latency)")
+    p.add_argument("dir", help="run directory")
+    p.add_argument(
+        "--model",
+        dest="resource_model",
+        type=_canonical(models),
+        choices=models,
+        help="resource model: analytical (fast), da4ml (adder graphs, default), report (the "
+        "vendor reports `fitc synth DIR` writes)",
+    )
+    _general(p, json_out=True)
+    p.set_defaults(func=cmd_stage("estimate"))
+
     from fitc.report import add_report_arguments
     from fitc.sweep import add_sweep_arguments
 
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "sweep",
-        help="a grid of runs in a crash-safe Optuna ledger; Pareto fronts of "
-        "accuracy against FPGA resources (`fitc sweep worker` joins from another machine)",
+        "a grid of runs in a crash-safe Optuna ledger; Pareto fronts of accuracy against FPGA "
+        "resources (`fitc sweep worker` joins from another machine)",
     )
     add_sweep_arguments(p)
     _finetune_args(p)
-    _common(p)
+    _general(p, out=SWEEP_DIR, config=True, seed=True)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="write report.md and plots/ for a run or a sweep directory")
+    p = _sub(sub, "report", "write report.md and plots/ for a run or a sweep directory")
     add_report_arguments(p)
-    _common(p)
+    _general(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
-        "synth", help="synthesize a run's hls4ml project with Vitis/Vivado HLS (if installed)"
+    p = _sub(
+        sub,
+        "synth",
+        "synthesize a run's hls4ml project with Vitis/Vivado HLS (needs the vendor tools)",
     )
     p.add_argument("dir", help="run directory")
-    _common(p)
+    _general(p)
     p.set_defaults(func=cmd_synth)
     return parser
+
+
+# Third-party warnings that say nothing a fitc user can act on.
+_QUIET_WARNINGS = (
+    # brevitas.graph.equalize, on import: an optional CUDA kernel package, irrelevant on a CPU
+    r"fast_hadamard_transform package not found",
+)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """fitc's own INFO lines (WARNING with -q); other libraries' warnings only; all with
+    --debug."""
+    import warnings
+
+    debug, quiet = getattr(args, "debug", False), getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("fitc").setLevel(
+        logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    )
+    if not debug:
+        for message in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -489,11 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:
-        for noisy in ("hls4ml", "qonnx", "brevitas", "torch", "onnx", "onnxruntime", "matplotlib"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging(args)
     try:
         return args.func(args)
     except FitcError as e:

@@ -33,6 +33,7 @@ LABELS = {
     "latency": "latency (clock cycles)",
     "latency_cycles": "latency (clock cycles)",
     "latency_ns": "latency (ns)",
+    "combined": "fast estimate / budget, worst resource (1 = every budget met)",
 }
 FRONT_COLOR = "#d62728"
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
@@ -233,45 +234,99 @@ def layer_plan_plot(
 def search_path_plot(
     plan: CompressionPlan | Mapping[str, Any], out: str | os.PathLike, *, title: str | None = None
 ) -> Path:
-    """The search path: cumulative Fisher distance g against the budget's cost after each move,
-    with the budget limit."""
+    """The search path: the budget's cost after each move against the Fisher distance travelled
+    from the float model (the search's g), with the budget line and the chosen plan marked. The
+    cost axis is logarithmic when the path spans more than a factor of 8."""
     plan = _plan(plan)
     fig = _figure()
     ax = fig.add_subplot()
     kind = plan.budget.kind
     if plan.path:
-        costs = [s.cost for s in plan.path]
         gs = [s.g for s in plan.path]
-        ax.plot(costs, gs, "-o", ms=3.5, color=COLORS[0], label="path (one point per move)")
+        costs = [s.cost for s in plan.path]
+        ax.plot(gs, costs, "-o", ms=3.5, color=COLORS[0], label="one point per move")
         ax.annotate(
-            "first move",
-            (costs[0], gs[0]),
+            "start (no move yet)" if plan.path[0].move == "start" else "first move",
+            (gs[0], costs[0]),
             textcoords="offset points",
-            xytext=(-10, 8),
+            xytext=(8, 2),
             fontsize=8,
-            ha="right",
         )
+        inside = next((i for i, c in enumerate(costs) if c <= plan.budget.limit), None)
+        if inside is not None and inside != len(costs) - 1:
+            ax.scatter(
+                [gs[inside]],
+                [costs[inside]],
+                s=50,
+                facecolor="none",
+                edgecolor="black",
+                zorder=3,
+                label=f"first within the budget (move {inside})",
+            )
         ax.scatter(
-            [costs[-1]],
             [gs[-1]],
-            s=80,
+            [costs[-1]],
+            s=90,
             color=FRONT_COLOR,
-            zorder=3,
+            zorder=4,
             edgecolor="black",
-            label=f"plan: cost {costs[-1]:.4g}, g {gs[-1]:.4g}",
+            label=f"chosen plan: cost {_cost_text(kind, costs[-1])}, predicted FIT "
+            f"{plan.predicted_fit:.3g}",
         )
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        scale = 100.0 if kind in ("size", "bops") else 1.0
+        unit = " %" if kind in ("size", "bops") else ""
+        positive = [c for c in costs + [plan.budget.limit] if c > 0]
+        if positive and max(positive) / min(positive) > 8:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{scale * v:,.4g}{unit}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.text(
             0.5, 0.5, "the plan records no path", ha="center", va="center", transform=ax.transAxes
         )
-    ax.axvline(plan.budget.limit, color="black", ls="--", lw=1, label=f"budget {plan.budget}")
-    ax.margins(x=0.06, y=0.06)
-    ax.set_xlabel(f"cost after the move: {LABELS.get(kind, kind)}")
-    ax.set_ylabel("cumulative Fisher distance g (√(Σ F·δθ²), summed)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"{plan.model}: search path ({len(plan.path)} moves)", fontsize=11)
+    ax.axhline(
+        plan.budget.limit,
+        color="black",
+        ls="--",
+        lw=1,
+        label="budget: each resource at its limit"
+        if kind == "combined"
+        else f"budget: {_cost_text(kind, plan.budget.limit)}",
+    )
+    ax.margins(x=0.04, y=0.08)
+    ax.set_xlabel("Fisher distance from the float model, summed over the moves (g)")
+    ax.set_ylabel(_COST_AXIS.get(kind, LABELS.get(kind, kind)))
+    ax.grid(True, alpha=0.3, which="major")
+    ax.legend(fontsize=8, loc="upper right")
+    budget = "several budgets at once" if kind == "combined" else f"budget {plan.budget}"
+    ax.set_title(
+        title or f"{plan.model}: search path, {len(plan.path)} moves ({budget})", fontsize=11
+    )
     return _save(fig, out)
+
+
+#: The search path's cost axis, by budget kind.
+_COST_AXIS = {
+    "size": "weight bits (% of the float model's)",
+    "bops": "bit operations (% of the float model's)",
+    "lut": "LUTs, fast estimate (count)",
+    "ff": "flip-flops, fast estimate (count)",
+    "dsp": "DSP slices, fast estimate (count)",
+    "bram": "BRAM 18K blocks, fast estimate (count)",
+    "latency": "latency, fast estimate (clock cycles)",
+    "combined": "fast estimate / budget of the worst resource (1 = all met)",
+}
+
+
+def _cost_text(kind: str, v: float) -> str:
+    if kind in ("size", "bops"):
+        return f"{100 * v:.3g} %"
+    if kind == "combined":
+        return f"{v:.3g} × budget"
+    return f"{v:,.0f}"
 
 
 def loop_plot(
@@ -292,7 +347,16 @@ def loop_plot(
         for i in its:
             kinds.extend(k for k in i.get("accurate", {}) if k not in kinds)
     kinds = kinds or ["lut"]
-    fig = _figure(max(5.0, 4.2 * len(kinds)), 4.4)
+    zero = [
+        k
+        for k in kinds
+        if its and all(not _num(i.get(f, {}).get(k)) for i in its for f in ("fast", "accurate"))
+    ]
+    if len(zero) < len(kinds):  # a panel of zeros says less than one line in the title
+        kinds = [k for k in kinds if k not in zero]
+    else:
+        zero = []
+    fig = _figure(max(7.5, 3.6 * len(kinds)), 4.4)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     xs = [int(i.get("iteration", n)) for n, i in enumerate(its)]
     for ax, kind in zip(axes, kinds, strict=True):
@@ -314,7 +378,11 @@ def loop_plot(
         )
         if kind in targets:
             ax.axhline(
-                targets[kind], color=FRONT_COLOR, ls=":", lw=1.5, label=f"target {targets[kind]:g}"
+                targets[kind],
+                color=FRONT_COLOR,
+                ls=":",
+                lw=1.5,
+                label=f"budget {targets[kind]:,.0f}",
             )
         ax.set_xticks(xs)
         ax.set_xlabel("loop iteration")
@@ -327,11 +395,17 @@ def loop_plot(
         from fitc.loop import overshoot
 
         fits = (
-            f" — last design at {100 * overshoot(its[-1].get('accurate', {}), targets):.0f} % "
-            "of its worst budget"
+            f": the last design is at {100 * overshoot(its[-1].get('accurate', {}), targets):.3g} % "
+            "of its budget (worst resource)"
         )
+    names = {"bram": "BRAM 18K"}
+    none = (
+        f"\n({', '.join(names.get(k, k.upper()) for k in zero)}: 0 in every iteration, not drawn)"
+        if zero
+        else ""
+    )
     fig.suptitle(
-        title or f"closed loop: estimates against the budget ({len(its)} iterations){fits}",
+        title or f"closed loop, {len(its)} iteration{'s' if len(its) != 1 else ''}{fits}{none}",
         fontsize=11,
     )
     return _save(fig, out)
@@ -343,67 +417,160 @@ def layer_resources_plot(
     *,
     title: str | None = None,
 ) -> Path:
-    """Per layer: LUTs and flip-flops (left), DSP slices and BRAM 18K blocks (right)."""
-    rep = (
-        resources
-        if isinstance(resources, ResourceReport)
-        else ResourceReport.from_dict(dict(resources))
-    )
+    """Per layer: LUTs and flip-flops, and — when any layer uses them — DSP slices and BRAM 18K
+    blocks in a second panel (a panel of zeros is left out; the title says so)."""
+    rep = _resources(resources)
     names = [lr.name for lr in rep.layers]
     y = list(range(len(names)))
-    fig = _figure(10.0, max(3.2, 0.55 * len(names) + 2.0))
-    left, right = fig.subplots(1, 2, sharey=True)
+    hard = any(lr.dsp or lr.bram_18k for lr in rep.layers)
+    fig = _figure(10.0 if hard else 7.5, max(3.2, 0.55 * len(names) + 2.0))
+    panels = fig.subplots(1, 2 if hard else 1, sharey=True, squeeze=False)[0]
+    groups = [(("lut", "LUT"), ("ff", "FF"))]
+    if hard:
+        groups.append((("dsp", "DSP"), ("bram_18k", "BRAM 18K")))
     h = 0.38
-    for ax, pairs in (
-        (left, (("lut", "LUT"), ("ff", "FF"))),
-        (right, (("dsp", "DSP"), ("bram_18k", "BRAM 18K"))),
-    ):
+    for n, (ax, pairs) in enumerate(zip(panels, groups, strict=True)):
         for j, (field, label) in enumerate(pairs):
             vals = [float(getattr(lr, field)) for lr in rep.layers]
             bars = ax.barh(
                 [i + (j - 0.5) * h for i in y],
                 vals,
                 h,
-                color=COLORS[j + (2 if ax is right else 0)],
+                color=COLORS[j + 2 * n],
                 label=f"{label} (total {_count(getattr(rep, field))})",
             )
             ax.bar_label(bars, labels=[_count(v) for v in vals], fontsize=7, padding=2)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.18)
-    right.xaxis.get_major_locator().set_params(integer=True)
-    if not any(lr.dsp or lr.bram_18k for lr in rep.layers):
-        right.set_xlim(0, 1)  # all zero: show an honest empty axis from 0
-    left.set_xlabel("count (LUTs, flip-flops)")
-    right.set_xlabel("count (DSP slices, BRAM 18K blocks)")
-    left.set_yticks(y, names)
-    left.invert_yaxis()
-    left.set_ylabel("layer (torch module name)")
+    panels[0].set_xlabel("count (LUTs, flip-flops)")
+    if hard:
+        panels[1].xaxis.get_major_locator().set_params(integer=True)
+        panels[1].set_xlabel("count (DSP slices, BRAM 18K blocks)")
+    panels[0].set_yticks(y, names)
+    panels[0].invert_yaxis()
+    panels[0].set_ylabel("layer (torch module name)")
     if not names:
-        left.text(
+        panels[0].text(
             0.5,
             0.5,
             "the report has no per-layer figures",
             ha="center",
             va="center",
-            transform=left.transAxes,
+            transform=panels[0].transAxes,
         )
     hw = rep.hardware
+    none = "" if hard else "\nno layer uses DSP slices or BRAM (0 of each)"
     fig.suptitle(
         title
-        or f"resources per layer — {rep.source} model, {hw.strategy}, reuse "
-        f"factor {hw.reuse_factor}, {hw.part}; latency {rep.latency_cycles:g} cycles "
-        f"({rep.latency_ns:g} ns)",
+        or f"resources per layer — {rep.source} model, {hw.strategy}, reuse factor "
+        f"{hw.reuse_factor}; latency {rep.latency_cycles:g} cycles ({rep.latency_ns:g} ns){none}",
         fontsize=10,
     )
     return _save(fig, out)
 
 
+def _resources(resources: ResourceReport | Mapping[str, Any]) -> ResourceReport:
+    if isinstance(resources, ResourceReport):
+        return resources
+    return ResourceReport.from_dict(dict(resources))
+
+
+#: The resources a part has a count of: budget kind, report field, label.
+_PART_RESOURCES = (
+    ("lut", "lut", "LUT"),
+    ("ff", "ff", "FF"),
+    ("dsp", "dsp", "DSP"),
+    ("bram", "bram_18k", "BRAM 18K"),
+)
+
+
+def utilisation_plot(
+    resources: ResourceReport | Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    device: Mapping[str, Any],
+    targets: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """The design against the part: one bar per resource (LUT, FF, DSP, BRAM 18K) as a share of
+    the part's count, the budget of each resource when there is one, and the whole part (100 %).
+
+    ``device`` is ``{"name": "xc7z020", "totals": {"lut": 53200, "ff": …, "dsp": …, "bram": …}}``
+    (optionally ``"fraction"``: the device budget's share); ``targets`` the budget kind → limit.
+    """
+    rep = _resources(resources)
+    totals = device["totals"]
+    targets = dict(targets or {})
+    rows = [(k, f, label) for k, f, label in _PART_RESOURCES if totals.get(k)]
+    used = [float(getattr(rep, f)) / totals[k] for k, f, _ in rows]
+    fig = _figure(7.5, 1.2 + 0.75 * len(rows))
+    ax = fig.add_subplot()
+    y = list(range(len(rows)))
+    ax.barh(y, [100 * u for u in used], 0.55, color=COLORS[0], label="used", zorder=2)
+    first = True
+    for i, ((k, _, _), u) in enumerate(zip(rows, used, strict=True)):
+        text, right = f"{100 * u:.3g} %", 100 * u
+        if k in targets:
+            share = 100 * targets[k] / totals[k]
+            ax.plot(
+                [share, share],
+                [i - 0.4, i + 0.4],
+                color=FRONT_COLOR,
+                lw=2.5,
+                zorder=3,
+                label="budget" if first else None,
+            )
+            first = False
+            text += f" — budget {targets[k]:,.0f} ({share:.3g} %)"
+            right = max(right, share)
+        ax.text(right + 1.5, i, text, va="center", fontsize=8)
+    ax.axvline(100, color="black", lw=1, ls="--", label="the whole part")
+    ax.set_yticks(
+        y,
+        [f"{label}\n{getattr(rep, f):,.0f} / {totals[k]:,}" for k, f, label in rows],
+        fontsize=9,
+    )
+    ax.invert_yaxis()
+    top = max([100.0] + [100 * u for u in used])
+    ax.set_xlim(0, top * 1.3)
+    ax.set_xlabel(f"share of the {device['name']}'s resources (%)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    share = (
+        f", budget {100 * device['fraction']:g} % of each"
+        if device.get("fraction") is not None
+        else ""
+        if any(k in targets for k, _, _ in rows)
+        else " (no resource budget)"
+    )
+    ax.set_title(
+        title
+        or f"{rep.source} estimate against {device['name']}{share}: latency "
+        f"{rep.latency_cycles:g} cycles ({rep.latency_ns:g} ns)",
+        fontsize=10,
+    )
+    return _save(fig, out)
+
+
+def constant_axis(rows: Sequence[Mapping[str, Any]], cost: str) -> float | None:
+    """The one value every finished row has for ``cost`` (a Pareto plot along it says nothing),
+    or None when the values differ or no row has one."""
+    values = {
+        _num(r.get(cost))
+        for r in rows
+        if r.get("status", "COMPLETE") == "COMPLETE" and _num(r.get(cost)) is not None
+    }
+    return values.pop() if len(values) == 1 else None
+
+
 __all__ = [
     "LABELS",
+    "constant_axis",
     "layer_plan_plot",
     "layer_resources_plot",
     "loop_plot",
     "pareto_plot",
     "search_path_plot",
+    "utilisation_plot",
 ]

@@ -158,6 +158,47 @@ _CHECK_COLUMNS = (
 )
 
 
+def _utilisation(
+    s: _Section, d: Path, cfg: dict[str, Any], metrics: dict[str, Any], res: dict[str, Any]
+) -> None:
+    """The design against the part's capacity and the budget, when the part is a preset."""
+    from fitc import plots
+    from fitc.summary import device_info, recorded_targets
+
+    try:
+        device = device_info(cfg, (res.get("hardware") or {}).get("part"))
+        targets = recorded_targets(cfg, metrics)
+    except FitcError as e:
+        s.add(_missing("the share of the part", str(e)))
+        return
+    if device is None:
+        s.add(_missing("the share of the part", "the part is not a device preset"))
+        return
+    from fitc.summary import KIND_NAMES, count, percent, resource_shares
+
+    rows = []
+    for k in resource_shares(res, targets, device)["kinds"]:
+        rows.append(
+            {
+                "resource": KIND_NAMES[k["kind"]],
+                "used": count(k["used"]),
+                "budget": count(k["limit"]) if k["limit"] is not None else "–",
+                "of the budget": percent(k["of_limit"]) if k["of_limit"] is not None else "–",
+                f"{device['name']} has": count(k["part_total"]),
+                "of the part": percent(k["of_part"]),
+            }
+        )
+    s.add(f"Against the {device['name']} ({device['family']}, {device['part']}):\n", table(rows))
+    s.plot(
+        plots.utilisation_plot,
+        res,
+        d / PLOTS / "utilisation.png",
+        f"resources against the {device['name']}'s capacity",
+        device=device,
+        targets=targets,
+    )
+
+
 def _run_report(d: Path) -> str:
     from fitc import plots
 
@@ -354,6 +395,7 @@ def _run_report(d: Path) -> str:
                 plots_dir / "resources_layers.png",
                 "resources per layer",
             )
+        _utilisation(s, d, cfg, metrics, res)
     else:
         s.add(
             _missing("resource estimates", why if res is None else "the estimate stage has not run")
@@ -503,13 +545,20 @@ def _sweep_report(d: Path) -> str:
         if not front:
             s.add(_missing(f"a {cost} front", f"no finished point reports {cost}"))
             continue
-        s.plot(
-            plots.pareto_plot,
-            rows,
-            d / PLOTS / f"pareto_{cost}.png",
-            f"Pareto front: accuracy against {cost}",
-            cost=cost,
-        )
+        same = plots.constant_axis(rows, cost)
+        if same is not None:
+            s.add(
+                f"_Every finished point has {_fmt(same)} {names.get(cost, cost)}: no trade-off "
+                "to plot; the most accurate point is below._\n"
+            )
+        else:
+            s.plot(
+                plots.pareto_plot,
+                rows,
+                d / PLOTS / f"pareto_{cost}.png",
+                f"Pareto front: accuracy against {cost}",
+                cost=cost,
+            )
         s.add(
             table(
                 [{**r, "accuracy": _pct(r.get("accuracy")), "key": _link(d, r)} for r in front],

@@ -483,12 +483,12 @@ def summary_markdown(project: HLSProject, qonnx_path: str | Path | None = None) 
     lines += ["", "## Other layers", "", "| hls4ml layer | class | result |", "|---|---|---|"]
     for name, d in project.other_layers.items():
         lines.append(f"| {name} | {d['class']} | `{d['result']}` |")
-    lines += [
-        "",
-        "## Synthesis",
-        "",
-        f"With {hw.backend} on PATH: `fitc synth {Path(project.project_dir).parent}` (the run "
-        f"directory), or `cd {project.project_dir} && {build}`.",
-        "",
-    ]
+    run_dir = Path(project.project_dir).parent
+    synth = (
+        f"`fitc synth {run_dir}`, then `fitc estimate {run_dir} --model report` "
+        f"(or `cd {project.project_dir} && {build}`)"
+        if (run_dir / "run.json").is_file()
+        else f"`cd {project.project_dir} && {build}`"
+    )
+    lines += ["", "## Synthesis", "", f"With {hw.backend} on PATH: {synth}.", ""]
     return "\n".join(line for line in lines if line is not None) + "\n"

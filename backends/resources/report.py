@@ -219,7 +219,7 @@ def read_vendor_report(
     xml = _find_csynth_xml(root, top)
     if xml is None:
         raise VendorReportError(
-            f"no *_csynth.xml under {root} (run C synthesis: hls_model.build(csynth=True))"
+            f"no *_csynth.xml under {root}: run `fitc synth RUN_DIR` first (Vitis HLS or Vivado HLS on PATH)"
         )
     cs = parse_csynth_xml(xml)
     synth_path = _find(root, "vivado_synth.rpt")

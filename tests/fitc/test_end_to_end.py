@@ -82,7 +82,7 @@ def test_run_delivers_a_bit_exact_firmware_model(tmp_path, model, flags, size_li
 
     # The fast estimate, and synthesis without vendor tools: a clear one-line message.
     res = fitc("estimate", str(out), "--model", "analytical")
-    assert res.returncode == 0 and "resources (analytical)" in res.stdout
+    assert res.returncode == 0 and "resources  analytical estimate" in res.stdout
     res = fitc("synth", str(out))
     assert (
         res.returncode == 2 and "not found on PATH" in res.stderr and "Traceback" not in res.stderr

@@ -121,3 +121,100 @@ def test_plotting_leaves_pyplot_backend_alone(tmp_path):
     plots.layer_plan_plot(make_plan(), tmp_path / "x.png")
     assert matplotlib.get_backend() == before
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+# ---------------------------------------------------------------------------------------------
+# What the pictures show (the figure is caught before it is saved)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    caught = []
+
+    def save(fig, out):
+        caught.append(fig)
+        return Path(out)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return caught
+
+
+XC7Z020 = {"name": "xc7z020", "totals": {"lut": 53200, "ff": 106400, "dsp": 220, "bram": 280}}
+
+
+def test_utilisation_plot_draws_the_design_against_the_part(tmp_path):
+    targets = {"lut": 13300.0, "ff": 26600.0, "dsp": 55.0, "bram": 70.0}
+    device = {**XC7Z020, "fraction": 0.25}
+    width, height = assert_png(
+        plots.utilisation_plot(make_resources(), tmp_path / "u.png", device=device, targets=targets)
+    )
+    assert width < 1000 and height < 700  # a picture that fits a report page
+
+
+def test_utilisation_plot_bars_are_shares_of_the_part_with_budget_marks(figures, tmp_path):
+    targets = {"lut": 13300.0, "dsp": 55.0}
+    plots.utilisation_plot(make_resources(), tmp_path / "u.png", device=XC7Z020, targets=targets)
+    (ax,) = figures[0].axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "LUT\n8,900 / 53,200" and labels[-1].startswith("BRAM 18K")
+    widths = [p.get_width() for p in ax.patches]
+    assert widths[0] == pytest.approx(100 * 8900 / 53200)
+    texts = [t.get_text() for t in ax.texts]
+    assert "16.7 % — budget 13,300 (25 %)" in texts  # used share, then the budget
+    assert any(line.get_xdata()[0] == 100 for line in ax.get_lines())  # the whole part
+    assert ax.get_xlim()[1] > 100
+
+
+def test_layer_resources_plot_leaves_out_an_empty_dsp_bram_panel(figures, tmp_path):
+    plots.layer_resources_plot(make_resources(), tmp_path / "a.png")  # fc3 uses 2 DSPs
+    assert len(figures[0].axes) == 2
+    rep = make_resources().to_dict()
+    for layer in rep["layers"]:
+        layer["dsp"] = 0
+    rep["dsp"] = 0
+    plots.layer_resources_plot(rep, tmp_path / "b.png")
+    assert len(figures[1].axes) == 1
+    assert "no layer uses DSP slices or BRAM" in figures[1]._suptitle.get_text()
+
+
+def test_loop_plot_leaves_out_panels_of_zeros(figures, tmp_path):
+    loop = [i.to_dict() for i in make_loop()]
+    for it in loop:
+        it["accurate"]["dsp"] = it["fast"]["dsp"] = 0
+    plots.loop_plot(loop, tmp_path / "l.png", targets={"lut": 13300.0, "dsp": 55.0})
+    assert [ax.get_title() for ax in figures[0].axes] == ["LUT"]
+    assert "DSP: 0 in every iteration" in figures[0]._suptitle.get_text()
+
+
+@pytest.mark.parametrize(
+    ("budget", "ylabel"),
+    [
+        (Budget("size", 1 / 16), "weight bits (% of the float model's)"),
+        (Budget("bops", 0.02), "bit operations (% of the float model's)"),
+        (Budget("lut", 6000), "LUTs, fast estimate (count)"),
+        (Budget("latency", 20), "latency, fast estimate (clock cycles)"),
+        (Budget("combined", 1.0), "fast estimate / budget of the worst resource (1 = all met)"),
+    ],
+)
+def test_search_path_is_cost_against_fisher_distance(figures, tmp_path, budget, ylabel):
+    plan = make_plan()
+    plan = CompressionPlan(plan.model, plan.layers, budget, 0.05, 0.01, plan.path)
+    plots.search_path_plot(plan, tmp_path / "p.png")
+    (ax,) = figures[0].axes
+    assert ax.get_ylabel() == ylabel
+    assert ax.get_xlabel().startswith("Fisher distance from the float model")
+    path, budget_line = ax.get_lines()[0], ax.get_lines()[-1]
+    assert list(path.get_xdata()) == [s.g for s in plan.path]  # x: distance, y: cost
+    assert list(path.get_ydata()) == [s.cost for s in plan.path]
+    assert set(budget_line.get_ydata()) == {budget.limit}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("chosen plan: cost") for t in legend)
+
+
+def test_constant_axis():
+    rows = make_rows()
+    assert plots.constant_axis(rows, "lut") is None
+    for r in rows:
+        r["dsp"] = 0
+    assert plots.constant_axis(rows, "dsp") == 0.0
+    assert plots.constant_axis([{"status": "FAIL"}], "dsp") is None

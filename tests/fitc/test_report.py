@@ -137,12 +137,16 @@ def test_report_on_a_full_run(tmp_path):
     assert "compressed accuracy 94.72 %" in md
     assert "Not available" not in md
     assert "| stop_reason | fits |" in md and "| 2 | lut=6000 | yes |" in md
+    assert "Against the xc7z020 (Zynq-7000, xc7z020clg400-1):" in md
+    assert "| LUT | 7,100 | 6,000 | 118 % | 53,200 | 13.3 % |" in md
+    assert "| DSP | 2 | – | – | 220 | 0.909 % |" in md
     pictures = links(md)
     assert sorted(pictures) == [
         "plots/loop.png",
         "plots/plan_layers.png",
         "plots/resources_layers.png",
         "plots/search_path.png",
+        "plots/utilisation.png",  # the default part is a preset: the design against it
     ]
     for p in pictures:
         assert (d / p).read_bytes()[:4] == b"\x89PNG"
@@ -183,6 +187,15 @@ def test_report_on_a_sweep(tmp_path, monkeypatch):
     assert "](points/digits-mlp__size=1-8__Latency__rf1)" in md
 
 
+def test_a_pareto_plot_along_a_constant_axis_is_left_out(tmp_path):
+    spec = SweepSpec.from_grid(budgets=["size=1/8,1/16"], strategies="latency")
+    sweep = tmp_path / "sweep"
+    run_sweep(spec, sweep, point_fn=_fake_point_without_dsp, progress=False)
+    md = write_report(sweep).read_text()
+    assert "plots/pareto_lut.png" in links(md) and "plots/pareto_dsp.png" not in links(md)
+    assert "_Every finished point has 0 DSP slices: no trade-off to plot" in md
+
+
 def test_report_on_a_sweep_without_results_csv_collects_them(tmp_path):
     spec = SweepSpec.from_grid(budgets=["size=1/8"])
     url, name = create_sweep(spec, tmp_path / "s")
@@ -212,3 +225,8 @@ def _fake_point(point, sweep_dir):
         "dsp": n % 3,
         "run_dir": str(run_dir),
     }
+
+
+def _fake_point_without_dsp(point, sweep_dir):
+    out = _fake_point(point, sweep_dir)
+    return {**out, "dsp": 0}
