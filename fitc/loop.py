@@ -109,3 +109,24 @@ def next_step(
     return LoopDecision(
         False, "recalibrate" if not last.calibrated else "tighten", limits, calibration
     )
+
+
+def record_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall) -> LoopIteration:
+    """The record of loop iteration ``k``: the limits searched, the fast model's totals (as
+    calibrated) and raw per-layer LUTs, the accurate report, accuracies and wall time."""
+    from fitc.backends.resources import AnalyticalModel
+
+    raw = AnalyticalModel().layer_numbers(plan.layers, hw, calibrated=False)
+    fast = AnalyticalModel().calibrated(calibration).estimate(plan, hw)
+    return LoopIteration(
+        iteration=k,
+        limits=dict(decision.limits),
+        calibrated=bool(calibration),
+        fast=fast.totals(),
+        accurate=accurate.totals(),
+        fast_layers_raw={lp.name: float(x.lut) for lp, x in zip(plan.layers, raw, strict=True)},
+        accurate_layers={lr.name: float(lr.lut) for lr in accurate.layers},
+        accuracy=float(metrics["finetuned_test_accuracy"]),
+        val_accuracy=float(metrics.get("finetune_val_accuracy", 0.0)),
+        wall_time_s=round(wall, 3),
+    )

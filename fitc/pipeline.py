@@ -437,7 +437,7 @@ def finetune(run: Run) -> None:
 
 def closed_loop(run: Run) -> None:
     """Search and fine-tune until the accurate resource estimate meets the hardware budget."""
-    from fitc.loop import next_step, overshoot
+    from fitc.loop import next_step, overshoot, record_iteration
 
     cfg, hw, targets = run.cfg, run.hardware, run.targets
     accurate_model = cfg.resource_model if cfg.resource_model != "report" else "da4ml"
@@ -473,7 +473,7 @@ def closed_loop(run: Run) -> None:
             metrics_of[k] = {**_finetune_once(run, plan, run.masks, it_dir), **timings}
             accurate = measure_resources(run, plan, run.qmodel, accurate_model)
             history.append(
-                _loop_iteration(
+                record_iteration(
                     k, decision, calibration, plan, hw, accurate, metrics_of[k],
                     time.perf_counter() - t0,
                 )
@@ -744,26 +744,6 @@ def measure_resources(
     if model == "report":
         return rm.estimate(plan, run.hardware, report_dir=run.dir / "hls4ml")
     return rm.estimate(plan, run.hardware)
-
-
-def _loop_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall):
-    from fitc.backends.resources import AnalyticalModel
-    from fitc.loop import LoopIteration
-
-    raw = AnalyticalModel().layer_numbers(plan.layers, hw, calibrated=False)
-    fast = AnalyticalModel().calibrated(calibration).estimate(plan, hw)
-    return LoopIteration(
-        iteration=k,
-        limits=dict(decision.limits),
-        calibrated=bool(calibration),
-        fast=fast.totals(),
-        accurate=accurate.totals(),
-        fast_layers_raw={lp.name: float(x.lut) for lp, x in zip(plan.layers, raw, strict=True)},
-        accurate_layers={lr.name: float(lr.lut) for lr in accurate.layers},
-        accuracy=float(metrics["finetuned_test_accuracy"]),
-        val_accuracy=float(metrics.get("finetune_val_accuracy", 0.0)),
-        wall_time_s=round(wall, 3),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
