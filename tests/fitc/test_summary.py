@@ -8,7 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from fitc.cli import _config, _dumps, build_parser
+from fitc.cli import _config, build_parser
+from fitc.cli_common import _dumps
 from fitc.rundir import write_json
 from fitc.summary import run_summary, summary_lines
 
