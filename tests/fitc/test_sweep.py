@@ -122,7 +122,9 @@ def pids(sweep_dir: Path) -> set[str]:
 SPEC = SweepSpec.from_grid(
     models="digits-mlp", budgets=["size=1/8,1/16,1/32"], strategies="latency,da"
 )  # 6 points
-FAST = {"heartbeat_interval": 1, "grace_period": 3}
+# A point is requeued only after `grace_period` seconds without a heartbeat: well above what a
+# busy 2-core machine can delay a heartbeat thread (3 s gave rare duplicates under load 5).
+FAST = {"heartbeat_interval": 1, "grace_period": 10}
 
 
 # ---------------------------------------------------------------------------------------------
