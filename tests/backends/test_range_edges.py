@@ -44,7 +44,9 @@ def test_range_edge_inputs_are_edges(tmp_path):
     assert (np.abs(X) >= 1e30).any() and ((np.abs(X) > 0) & (np.abs(X) <= 1e-9)).any()
 
 
-@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "resnet8"])
+@pytest.mark.parametrize(
+    "name", ["digits-mlp", "digits-cnn", pytest.param("resnet8", marks=pytest.mark.slow)]
+)
 def test_brevitas_qonnx_onnxruntime_agree_on_range_edges(tmp_path, name):
     spec, qmodel, plan, exported = _built(name, tmp_path)
     X = range_edge_inputs(qmodel, spec.input_shape, 96 if name == "resnet8" else 400)

@@ -88,7 +88,9 @@ def test_bias_bit_width_rule():
     assert bias_bit_width(16, 16, 4096) == 32  # capped at the int32 bias of the QCDQ graph
 
 
-@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "resnet8"])
+@pytest.mark.parametrize(
+    "name", ["digits-mlp", "digits-cnn", pytest.param("resnet8", marks=pytest.mark.slow)]
+)
 def test_built_model_is_the_plan(name):
     model, spec, plan, masks = _plan(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_subpackages_import_from_anywhere(tmp_path):
     code = (
         "import importlib.util, fitc, fitc.export, fitc.backends, fitc.models\n"

@@ -82,6 +82,7 @@ def test_evaluate():
         evaluate(model, X, np.array([0, 1]))
 
 
+@pytest.mark.slow
 def test_resnet8_trains_deterministically_on_a_subset():
     from fitc.models import Dataset
 

@@ -43,7 +43,9 @@ def _signals(path: Path, n: int = 600, seed: int = 0) -> Path:
     y = rng.integers(0, 3, size=n)
     f = np.array([1, 2, 4])[y]
     phase = rng.uniform(0, 6, size=(n, 1))
-    X = np.stack([np.sin(2 * np.pi * f[:, None] * t / 16 + phase), 0.3 * rng.normal(size=(n, 16))], 1)
+    X = np.stack(
+        [np.sin(2 * np.pi * f[:, None] * t / 16 + phase), 0.3 * rng.normal(size=(n, 16))], 1
+    )
     X = X + 0.2 * rng.normal(size=X.shape)
     np.savez(path, X=X.astype(np.float32), y=y)
     return path
