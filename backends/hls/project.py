@@ -85,6 +85,7 @@ INPUT_PRECISION = "fixed<64,32>"
 SUMMARY_NAME = "SUMMARY.md"
 PROJECT_JSON = "fitc_hls_project.json"
 _HLS_CONFIG_FILE = "hls4ml_config.yml"
+_PARTIAL = ".fitc_partial"
 # Graph ops whose data layout matters: a graph with any of them is converted to channels last.
 _LAYOUT_OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 
@@ -350,6 +351,7 @@ def lower(
         ),
     )
     write_json(out_dir / PROJECT_JSON, project.to_dict())
+    (out_dir / _PARTIAL).unlink(missing_ok=True)
     write_text(out_dir / SUMMARY_NAME, summary_markdown(project, qonnx_path))
     log.info(
         "lowered %s → %s (convert %.2f s, compile %s)",
@@ -375,7 +377,7 @@ def _fresh_dir(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ArtifactError(f"{out_dir} exists and is not a directory")
-        ours = (out_dir / _HLS_CONFIG_FILE).exists() or (out_dir / PROJECT_JSON).exists()
+        ours = any((out_dir / f).exists() for f in (_HLS_CONFIG_FILE, PROJECT_JSON, _PARTIAL))
         if any(out_dir.iterdir()) and not ours:
             raise ArtifactError(
                 f"{out_dir} is not empty and holds no hls4ml project; refusing to overwrite it — "
@@ -384,6 +386,9 @@ def _fresh_dir(out_dir: Path) -> None:
         COMPILED.pop(str(out_dir.resolve()), None)
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    # Marks the directory as fitc's from the first byte on: a lowering killed before hls4ml wrote
+    # its config is still recognised, and replaced, by the next one.
+    (out_dir / _PARTIAL).write_text("an hls4ml project being written by fitc\n")
 
 
 def compile_model(hls_model: Any) -> float:

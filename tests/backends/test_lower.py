@@ -391,3 +391,20 @@ def test_lower_without_compile_writes_a_project_and_replaces_an_old_one(mlp, tmp
     assert (out / "hls4ml_config.yml").is_file() and (out / PROJECT_JSON).is_file()
     # Without a layer map the layers keep their node names.
     assert list(project.layers) == list(mlp.layer_map.values())
+
+
+def test_a_lowering_killed_before_hls4ml_wrote_its_config_does_not_block_the_next(tmp_path):
+    from fitc.backends.hls.project import _PARTIAL, _fresh_dir
+
+    killed = tmp_path / "hls4ml"
+    killed.mkdir()
+    (killed / _PARTIAL).write_text("")
+    (killed / "firmware").mkdir()  # half-written by hls4ml, no hls4ml_config.yml yet
+    _fresh_dir(killed)
+    assert [p.name for p in killed.iterdir()] == [_PARTIAL]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("user data")
+    with pytest.raises(ArtifactError, match="holds no hls4ml project"):
+        _fresh_dir(foreign)
+    assert (foreign / "notes.txt").read_text() == "user data"
