@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FitcError as e:
         if args.debug:
             raise
-        print(f"fitc {args.command}: error: {e}", file=sys.stderr)
+        msg = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        print(f"fitc {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:  # a file or directory the user named: missing, not writable, …
         if args.debug:

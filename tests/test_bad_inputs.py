@@ -277,12 +277,6 @@ def _data(id_: str, make: Callable[[Path, Path], None], *extra: str) -> Case:
     return Case(id_, [*TRAIN, "--data", "data.npz", *extra], make)
 
 
-MULTILINE_FIX = (
-    "fitc/cli.py main(): print every FitcError on one line — msg = ' '.join(ln.strip() for ln "
-    "in str(e).splitlines() if ln.strip()); print(f'fitc {args.command}: error: {msg}', "
-    "file=sys.stderr) (onnx.checker's message has a '==> Context' line)"
-)
-
 CASES: list[Case] = [
     # ---- data files
     _data("npz-corrupt", raw("data.npz", os.urandom(600))),
@@ -385,7 +379,6 @@ CASES: list[Case] = [
         ["verify", "--onnx", "odd.onnx", "--inputs", "X.npy"],
         unsupported_op_onnx,
         needs_run=True,
-        xfail=MULTILINE_FIX,
     ),
     Case(
         "onnx-wrong-input-shape",
