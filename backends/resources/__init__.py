@@ -50,11 +50,13 @@ from .report import (
     parse_vivado_synth_rpt,
     read_vendor_report,
 )
+from .yosys import YosysModel
 
 RESOURCE_MODELS: dict[str, Callable[..., ResourceModel]] = {
     "analytical": AnalyticalModel,
     "da4ml": Da4mlModel,
     "report": VendorReportModel,
+    "yosys": YosysModel,
 }
 
 

@@ -183,7 +183,7 @@ def test_lut_cost_adapter_is_the_search_protocol_and_fast():
 
 
 def test_registry():
-    assert set(RESOURCE_MODELS) == {"analytical", "da4ml", "report"}
+    assert set(RESOURCE_MODELS) == {"analytical", "da4ml", "report", "yosys"}
     assert isinstance(get_resource_model("analytical"), AnalyticalModel)
     assert get_resource_model("da4ml").name == "da4ml"
     assert get_resource_model("report").name == "report"
