@@ -12,8 +12,27 @@
 
 from __future__ import annotations
 
-from .hls import HLSProject, emulation_check, hls_config, load_project, lower, prepare_qonnx
-from .synth import synthesize
+import importlib
+from typing import Any
+
+# Imported on first use: ``import fitc.backends.devices`` (the device table) must not pull in
+# onnx, qonnx and hls4ml.
+_LAZY = {
+    "HLSProject": ".hls",
+    "emulation_check": ".hls",
+    "hls_config": ".hls",
+    "load_project": ".hls",
+    "lower": ".hls",
+    "prepare_qonnx": ".hls",
+    "synthesize": ".synth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HLSProject",

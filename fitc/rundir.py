@@ -20,6 +20,16 @@ Contract:
   file, and the stage is redone. Outputs are files: a stage's working directories (``hls4ml/``,
   ``loop/``) are not hashed, the stage's key JSON (``hls4ml.json``, ``loop.json``) is; they are
   removed with the stage's other outputs when a later run makes the stage stale.
+- no crash window: a directory an external tool writes (the hls4ml project) is built in a
+  temporary sibling and renamed into place (:func:`building_dir`), like every file
+  (:func:`atomic_path`). Temporaries are named ``.<name>.<pid>-<random>.tmp``; a claim deletes
+  those of dead processes (a killed writer's) from the top of the directory
+  (:func:`clean_temporaries`), so a command killed anywhere (kill -9) is resumed by running it
+  again.
+- test hook: with ``FITC_TEST_KILL_AT=NAME`` (or ``NAME#N``) in the environment the process
+  SIGKILLs itself the first (N-th) time an atomic write of a file called ``NAME`` has the file
+  complete under its temporary name, just before the rename (:func:`kill_point`); the kill -9
+  tests (``tests/fitc/test_kill_resume.py``) use it to die at a known point inside each stage.
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -80,6 +92,38 @@ def _umask() -> int:
     return mask
 
 
+# Temporaries: ".<name>.<pid>-<random>.tmp" next to what they become (see clean_temporaries).
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"^\..+\.(\d+)-[a-z0-9_]+\.tmp$")
+# Temporaries without a PID that only a stage creates (so only the lock holder): a closed loop's
+# iterations and the export's scratch folder.
+_LOCKED_TEMP_RE = re.compile(r"^\.(loop\.|export-)[a-z0-9_]+$")
+KILL_ENV = "FITC_TEST_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process at point ``name`` if ``$FITC_TEST_KILL_AT`` names it.
+
+    ``FITC_TEST_KILL_AT=NAME`` kills at the first pass, ``NAME#N`` at the N-th. The points are the
+    atomic writes (``NAME`` is the file's name; the kill comes when the file is complete under its
+    temporary name, before the rename). Without the variable this does nothing."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition("#")
+    if target != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if _kill_counts[name] >= int(nth or 1):
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
@@ -89,16 +133,83 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
+        kill_point(path.name)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def temp_dir(path: str | os.PathLike) -> Path:
+    """A new empty temporary directory next to ``path`` (``.<name>.<pid>-<random>.tmp``), to be
+    renamed onto ``path`` or deleted by its maker; a claim deletes it if its maker died. Its
+    permissions are a plain ``mkdir``'s (umask), so they are right once renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the directory ``src`` onto ``dst``; a directory already at ``dst`` is moved to a
+    temporary first and deleted after (a crash in between leaves ``dst`` absent, never mixed)."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise ArtifactError(f"{dst} exists and is not a directory")
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = temp_dir(dst)
+    os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty directory next to ``path``; when the block succeeds it is renamed onto
+    ``path`` (replacing a directory there, see :func:`replace_dir`), otherwise deleted. A reader,
+    or a crash, never sees half of it."""
+    path = Path(path)
+    tmp = temp_dir(path)
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete the temporaries a dead process left at the top of ``directory``: files and
+    directories named by :func:`temp_dir`/:func:`atomic_path` whose PID no longer runs here, and
+    a stage's scratch folders (only the directory's lock holder makes those: call this holding
+    the lock). Returns the names deleted."""
+    directory = Path(directory)
+    gone = []
+    for p in sorted(directory.iterdir()) if directory.is_dir() else []:
+        m = _TEMP_RE.match(p.name)
+        if m:
+            pid = int(m.group(1))
+            if pid == os.getpid() or _alive(pid):
+                continue  # in use (a reader writing report.md, this process)
+        elif not (_LOCKED_TEMP_RE.match(p.name) and p.is_dir()):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p.name)
+    if gone:
+        log.info("%s: deleted temporaries of an interrupted command: %s", directory, gone)
+    return gone
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -337,6 +448,9 @@ def _short(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
+_CHAIN = object()  # a stage recorded without "after": it depends on every stage before it
+
+
 class RunDir:
     """A run directory and its ``run.json``.
 
@@ -418,6 +532,7 @@ class RunDir:
             if (self.path / WIPE_MARKER).is_file():
                 log.warning("%s: finishing the removal of an earlier run's files", self.path)
                 self._wipe()
+            clean_temporaries(self.path)  # a killed writer's half-made files and folders
             self._load()  # another writer may have finished since this object read run.json
             self._check_identity()
         except BaseException:
@@ -512,7 +627,7 @@ class RunDir:
         self._merge_metrics()
         write_json(self.path / RUN_JSON, self.record)
 
-    def _output_problem(self, rec: dict[str, Any]) -> str | None:
+    def output_problem(self, rec: dict[str, Any]) -> str | None:
         """Why a recorded stage's outputs cannot be reused (None: they can)."""
         hashes = rec.get("sha256") or {}
         for name in rec.get("outputs", []):
@@ -529,7 +644,7 @@ class RunDir:
         rec = self.stages.get(stage)
         if not rec or rec.get("fingerprint") != fp:
             return False
-        problem = self._output_problem(rec)
+        problem = self.output_problem(rec)
         if problem:
             log.warning("stage %s: %s; redoing the stage", stage, problem)
             return False
@@ -556,17 +671,26 @@ class RunDir:
         return path
 
     def _forget(self, stage: str, outputs: list[str]) -> tuple[list[str], list[str]]:
-        """Forget ``stage``, every stage that wrote one of ``outputs``, and every stage after the
-        first of those (they depend on it), in memory. Returns the forgotten files and dirs."""
+        """Forget ``stage``, every stage that wrote one of ``outputs``, and every stage that
+        depends on one of those, in memory. Returns the forgotten files and dirs.
+
+        A stage recorded with ``after`` depends on that stage (and so on up the chain); one
+        recorded without (older runs) depends on every stage before it."""
         names = list(self.stages)
-        hit = [
-            i
-            for i, name in enumerate(names)
-            if name == stage or set(self.stages[name].get("outputs", [])) & set(outputs)
-        ]
+        gone: set[str] = set()
+        for i, name in enumerate(names):
+            rec = self.stages[name]
+            parent = rec.get("after", _CHAIN)
+            if (
+                name == stage
+                or set(rec.get("outputs", [])) & set(outputs)
+                or (parent is _CHAIN and any(n in gone for n in names[:i]))
+                or (parent is not _CHAIN and parent in gone)
+            ):
+                gone.add(name)
         files: list[str] = []
         dirs: list[str] = []
-        for name in names[min(hit) :] if hit else []:
+        for name in [n for n in names if n in gone]:
             rec = self.stages.pop(name)
             files += rec.get("outputs", [])
             dirs += rec.get("dirs", [])
@@ -581,12 +705,15 @@ class RunDir:
         *,
         optional: Iterable[str] = (),
         dirs: Iterable[str] = (),
+        after: Any = _CHAIN,
     ) -> bool:
         """Run ``fn`` unless ``stage`` is already done with fingerprint ``fp``.
 
         ``fn`` writes ``outputs`` (file names relative to the run directory), maybe ``optional``
         files, and its working directories ``dirs``; it returns metrics to merge into ``run.json``.
-        Returns True if the stage ran, False if it was reused. Claims the directory first (see
+        ``after``: the stage this one depends on (None: none; default: every stage recorded
+        before it); redoing that stage forgets this one. Branches (an hls4ml and an RTL lowering of the same graph) so live side
+        by side. Returns True if the stage ran, False if it was reused. Claims the directory first (see
         :meth:`claim`). Nothing is recorded until ``fn`` succeeded: then the stages it makes stale
         (the ones writing the same files, and all after them) are forgotten and their other
         outputs and directories removed, and ``run.json`` is written. A failed stage leaves
@@ -621,6 +748,7 @@ class RunDir:
             "outputs": written,
             "sha256": {name: sha256_file(self.path / name) for name in written},
             **({"dirs": dirs} if dirs else {}),
+            **({"after": after} if after is not _CHAIN else {}),
             "metrics": metrics,
         }
         self.save()

@@ -16,10 +16,13 @@ Contract:
   exception: hls4ml sizes them too narrow (its global pool overflowed, its average pool truncates
   the average to the input's grid), so their ``accum`` and ``result`` are set from the Quant nodes
   before and after them (:func:`average_pool_types`).
-- :func:`lower` converts, checks every weight layer (below), writes the project to ``out_dir``
-  (an hls4ml project a Vitis/Vivado user can synthesize, with ``SUMMARY.md`` and
-  ``fitc_hls_project.json``) and compiles the C++ emulation with g++ (``compile=True``).
-  It returns an :class:`HLSProject`.
+- :func:`lower` converts, checks every weight layer (below), writes the project (an hls4ml
+  project a Vitis/Vivado user can synthesize, with ``SUMMARY.md`` and ``fitc_hls_project.json``)
+  and compiles the C++ emulation with g++ (``compile=True``), all in a temporary sibling of
+  ``out_dir`` renamed onto it at the end (:func:`fitc.rundir.building_dir`): ``out_dir`` holds a
+  whole project or the previous one, never half of one, whenever the process dies. The library
+  is built for ``out_dir`` (hls4ml bakes the weight files' absolute path into it) and loaded from
+  there after the rename. It returns an :class:`HLSProject`.
 - The precision check (:class:`~fitc.errors.PrecisionMismatchError` naming the layer, the field,
   expected and got). Always: the weights equal the QONNX graph's quantized weights (this is also
   how each hls4ml layer is mapped back to its torch module); each weight and bias value is exactly
@@ -42,11 +45,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import io
 import json
 import logging
+import shlex
 import shutil
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -64,7 +70,7 @@ from fitc.errors import (
     FitcError,
     ToolNotFoundError,
 )
-from fitc.rundir import write_json, write_text
+from fitc.rundir import building_dir, write_json, write_text
 
 from .layers import (
     LoweringError,
@@ -85,7 +91,7 @@ INPUT_PRECISION = "fixed<64,32>"
 SUMMARY_NAME = "SUMMARY.md"
 PROJECT_JSON = "fitc_hls_project.json"
 _HLS_CONFIG_FILE = "hls4ml_config.yml"
-_PARTIAL = ".fitc_partial"
+_PARTIAL = ".fitc_partial"  # marked a half-written project before lower() built it aside
 # Graph ops whose data layout matters: a graph with any of them is converted to channels last.
 _LAYOUT_OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 
@@ -294,65 +300,72 @@ def lower(
     t0 = time.perf_counter()
     prepared = prepare_qonnx(proto)
     kwargs = hls_config(prepared, plan, hw, precision_overrides=precision_overrides)
-    _fresh_dir(out_dir)
+    _check_replaceable(out_dir)
     workaround: contextlib.AbstractContextManager = contextlib.nullcontext()
     if hw.strategy == "distributed_arithmetic":
         from fitc.backends.da_workaround import distributed_arithmetic_on_qonnx
 
         workaround = distributed_arithmetic_on_qonnx()
-    try:
-        with captured_output("convert_from_onnx_model"), workaround:
-            hls_model = hls4ml.converters.convert_from_onnx_model(
-                prepared, output_dir=str(out_dir), **kwargs
-            )
-    except FitcError:
-        raise
-    except Exception as e:
-        raise LoweringError(
-            f"hls4ml cannot convert {qonnx_path} ({hw.backend}, {hw.io_type}, {hw.strategy}): "
-            f"{e.__class__.__name__}: {e}"
-        ) from e
-    convert_time = time.perf_counter() - t0
+    # Everything is written into a temporary sibling, renamed onto out_dir at the very end.
+    with building_dir(out_dir) as tmp:
+        try:
+            with captured_output("convert_from_onnx_model"), workaround:
+                hls_model = hls4ml.converters.convert_from_onnx_model(
+                    prepared, output_dir=str(tmp), **kwargs
+                )
+        except FitcError:
+            raise
+        except Exception as e:
+            raise LoweringError(
+                f"hls4ml cannot convert {qonnx_path} ({hw.backend}, {hw.io_type}, {hw.strategy}): "
+                f"{e.__class__.__name__}: {e}"
+            ) from e
+        convert_time = time.perf_counter() - t0
 
-    mapping = map_layers(hls_model, prepared, glayers, qonnx_path)
-    layers = {g.name: describe_layer(hls_model.graph[h], g) for h, g in mapping.items()}
-    check_precisions(hls_model, mapping, plan)
+        mapping = map_layers(hls_model, prepared, glayers, qonnx_path)
+        layers = {g.name: describe_layer(hls_model.graph[h], g) for h, g in mapping.items()}
+        check_precisions(hls_model, mapping, plan)
 
-    compile_time: float | None = None
-    if compile:
-        compile_time = compile_model(hls_model)
-        COMPILED[str(out_dir.resolve())] = hls_model
-    else:
         with captured_output("write"):
             hls_model.write()
+        _repoint_config_file(tmp, out_dir)
+        compile_time = _build_library(hls_model, tmp, out_dir) if compile else None
 
-    in_shape = tuple(int(d) for d in hls_model.get_input_variables()[0].shape)
-    project = HLSProject(
-        project_dir=str(out_dir),
-        hardware=hw,
-        layers=layers,
-        other_layers={
-            lyr.name: {
-                "class": lyr.class_name,
-                "result": format_precision(lyr.get_output_variable().type.precision),
-            }
-            for lyr in hls_model.get_layers()
-            if lyr.name not in mapping
-        },
-        input_shape=in_shape,
-        output_size=int(np.prod(hls_model.get_output_variables()[0].shape)),
-        channels_last=_needs_channels_last(proto),
-        project_name=PROJECT_NAME,
-        convert_time_s=round(convert_time, 3),
-        compile_time_s=None if compile_time is None else round(compile_time, 3),
-        hls4ml_version=str(hls4ml.__version__),
-        input_precision=str(
-            kwargs["hls_config"]["LayerName"][prepared.graph.input[0].name]["Precision"]["result"]
-        ),
-    )
-    write_json(out_dir / PROJECT_JSON, project.to_dict())
-    (out_dir / _PARTIAL).unlink(missing_ok=True)
-    write_text(out_dir / SUMMARY_NAME, summary_markdown(project, qonnx_path))
+        in_shape = tuple(int(d) for d in hls_model.get_input_variables()[0].shape)
+        project = HLSProject(
+            project_dir=str(out_dir),
+            hardware=hw,
+            layers=layers,
+            other_layers={
+                lyr.name: {
+                    "class": lyr.class_name,
+                    "result": format_precision(lyr.get_output_variable().type.precision),
+                }
+                for lyr in hls_model.get_layers()
+                if lyr.name not in mapping
+            },
+            input_shape=in_shape,
+            output_size=int(np.prod(hls_model.get_output_variables()[0].shape)),
+            channels_last=_needs_channels_last(proto),
+            project_name=PROJECT_NAME,
+            convert_time_s=round(convert_time, 3),
+            compile_time_s=None if compile_time is None else round(compile_time, 3),
+            hls4ml_version=str(hls4ml.__version__),
+            input_precision=str(
+                kwargs["hls_config"]["LayerName"][prepared.graph.input[0].name]["Precision"][
+                    "result"
+                ]
+            ),
+        )
+        write_json(tmp / PROJECT_JSON, project.to_dict())
+        write_text(tmp / SUMMARY_NAME, summary_markdown(project, qonnx_path))
+    # In place: the model writes (and would compile) into out_dir from now on, and its library
+    # (built to read its weight files from out_dir) is loaded from there.
+    hls_model.config.config["OutputDir"] = str(out_dir)
+    COMPILED.pop(str(out_dir.resolve()), None)
+    if compile:
+        hls_model._top_function_lib = ctypes.cdll.LoadLibrary(str(_library(hls_model, out_dir)))
+        COMPILED[str(out_dir.resolve())] = hls_model
     log.info(
         "lowered %s → %s (convert %.2f s, compile %s)",
         qonnx_path,
@@ -373,22 +386,65 @@ def load_project(project_dir: str | Path) -> HLSProject:
     return HLSProject.from_dict(json.loads(path.read_text()))
 
 
-def _fresh_dir(out_dir: Path) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ArtifactError(f"{out_dir} exists and is not a directory")
-        ours = any((out_dir / f).exists() for f in (_HLS_CONFIG_FILE, PROJECT_JSON, _PARTIAL))
-        if any(out_dir.iterdir()) and not ours:
-            raise ArtifactError(
-                f"{out_dir} is not empty and holds no hls4ml project; refusing to overwrite it — "
-                "choose another directory"
-            )
-        COMPILED.pop(str(out_dir.resolve()), None)
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    # Marks the directory as fitc's from the first byte on: a lowering killed before hls4ml wrote
-    # its config is still recognised, and replaced, by the next one.
-    (out_dir / _PARTIAL).write_text("an hls4ml project being written by fitc\n")
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file, or a non-empty directory holding no hls4ml project
+    (the user's files): :func:`lower` replaces only a project (or an empty directory)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ArtifactError(f"{out_dir} exists and is not a directory")
+    ours = any((out_dir / f).exists() for f in (_HLS_CONFIG_FILE, PROJECT_JSON, _PARTIAL))
+    if not ours and any(out_dir.iterdir()):
+        raise ArtifactError(
+            f"{out_dir} is not empty and holds no hls4ml project; refusing to overwrite it — "
+            "choose another directory"
+        )
+
+
+def _repoint_config_file(tmp: Path, out_dir: Path) -> None:
+    """hls4ml records its output directory (here the temporary) in ``hls4ml_config.yml``: name
+    the final one, so the project reads as if written in place."""
+    path = tmp / _HLS_CONFIG_FILE
+    if path.is_file():
+        text = path.read_text()
+        if str(tmp) in text:
+            write_text(path, text.replace(str(tmp), str(out_dir)))
+
+
+def _library(hls_model: Any, project_dir: Path) -> Path:
+    cfg = hls_model.config
+    return project_dir / "firmware" / f"{cfg.get_project_name()}-{cfg.get_config_value('Stamp')}.so"
+
+
+def _build_library(hls_model: Any, tmp: Path, out_dir: Path) -> float:
+    """Compile the C++ emulation of the project written in ``tmp`` as it will be in ``out_dir``.
+
+    hls4ml's ``build_lib.sh`` bakes the absolute path of the weight files (which the emulation
+    reads at its first call) into the library: it is run here with that path set to ``out_dir``,
+    where the project is renamed next, from a copy (the project keeps hls4ml's own script)."""
+    if shutil.which("g++") is None:
+        raise ToolNotFoundError(
+            "g++ is not on PATH: it compiles hls4ml's C++ emulation. Install g++ (e.g. apt-get "
+            "install g++) or lower with compile=False to only write the project"
+        )
+    script = (tmp / "build_lib.sh").read_text()
+    line = 'BASEDIR="$(cd "$(dirname "$0")" && pwd)"'
+    if line not in script:
+        raise HLSCompileError(f"hls4ml's build_lib.sh in {tmp} has no line {line!r}")
+    final = shlex.quote(str(out_dir.resolve()))
+    (tmp / ".fitc_build_lib.sh").write_text(script.replace(line, f"BASEDIR={final}"))
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(
+            ["bash", ".fitc_build_lib.sh"], cwd=tmp, capture_output=True, text=True, check=False
+        )
+    finally:
+        (tmp / ".fitc_build_lib.sh").unlink(missing_ok=True)
+    log.debug("hls4ml build_lib.sh output:\n%s", done.stdout + done.stderr)
+    if done.returncode != 0 or not _library(hls_model, tmp).is_file():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise HLSCompileError(f"g++ could not compile the hls4ml project for {out_dir}:\n{tail}")
+    return time.perf_counter() - t0
 
 
 def compile_model(hls_model: Any) -> float:

@@ -391,20 +391,36 @@ def test_lower_without_compile_writes_a_project_and_replaces_an_old_one(mlp, tmp
     assert (out / "hls4ml_config.yml").is_file() and (out / PROJECT_JSON).is_file()
     # Without a layer map the layers keep their node names.
     assert list(project.layers) == list(mlp.layer_map.values())
+    # Built aside and renamed into place: no temporary is left, and the project names out_dir.
+    assert [p.name for p in tmp_path.iterdir()] == ["hls4ml"]
+    assert f"OutputDir: {out}\n" in (out / "hls4ml_config.yml").read_text()
+    # A lowering that fails leaves the previous project exactly as it was.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(PrecisionMismatchError):
+        lower(
+            mlp.qonnx_path,
+            out,
+            HardwareConfig(),
+            compile=False,
+            precision_overrides={"MatMul_0": {"accum": "fixed<12,4>"}},
+        )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hls4ml"]
 
 
 def test_a_lowering_killed_before_hls4ml_wrote_its_config_does_not_block_the_next(tmp_path):
-    from fitc.backends.hls.project import _PARTIAL, _fresh_dir
+    """The project is built in a temporary sibling: a killed lowering leaves out_dir as it was
+    (a claim deletes the temporary); a directory marked by an older fitc is still replaceable."""
+    from fitc.backends.hls.project import _PARTIAL, _check_replaceable
 
     killed = tmp_path / "hls4ml"
     killed.mkdir()
     (killed / _PARTIAL).write_text("")
-    (killed / "firmware").mkdir()  # half-written by hls4ml, no hls4ml_config.yml yet
-    _fresh_dir(killed)
-    assert [p.name for p in killed.iterdir()] == [_PARTIAL]
+    (killed / "firmware").mkdir()  # half-written by hls4ml (fitc < 0.1), no hls4ml_config.yml
+    _check_replaceable(killed)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("user data")
     with pytest.raises(ArtifactError, match="holds no hls4ml project"):
-        _fresh_dir(foreign)
+        _check_replaceable(foreign)
     assert (foreign / "notes.txt").read_text() == "user data"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,10 +22,12 @@ from fitc.errors import ArtifactError, BudgetInfeasibleError, RunDirError
 from fitc.pipeline import run_pipeline
 from fitc.rundir import (
     HOLDER_FILE,
+    KILL_ENV,
     LOCK_FILE,
     RUN_JSON,
     WIPE_MARKER,
     RunDir,
+    building_dir,
     check_not_busy,
     copy_file,
     save_torch,
@@ -109,6 +113,45 @@ def test_a_held_directory_is_refused_naming_the_holder_and_stays_readable(finetu
     # The holder is gone: the directory is free again, and resuming reuses every stage.
     assert run_pipeline(RunConfig(out=str(out), **QUICK), until="finetune").dir.stages
     assert snapshot(out) == before
+
+
+REFUSED = """
+import sys
+from fitc.cli import main
+code = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+sys.exit(code)
+"""
+
+
+def test_a_refused_command_does_not_import_torch(finetuned, tmp_path):
+    """Refused at once: before torch (seconds to import on a busy machine) is loaded."""
+    out = copy_run(finetuned, tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for cmd in (
+            ["run", "--train-epochs", "3", "--out", out],
+            ["train", "--train-epochs", "3", "--out", out],
+            ["export", out],
+            ["sensitivity", out],
+        ):
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", REFUSED, *map(str, cmd), "--no-progress"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            wall = time.perf_counter() - t0
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert f"being written by PID {holder.pid} " in done.stderr, done.stderr[-2000:]
+            assert done.stdout.strip() == "torch not imported", (cmd, wall)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow
@@ -273,6 +316,74 @@ def test_export_of_a_corrupted_model_redoes_the_finetune(same_seed_runs, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------
+# No crash window: directories built aside, a killed writer's temporaries cleaned
+
+
+def test_a_directory_is_built_aside_and_renamed_into_place(tmp_path):
+    out = tmp_path / "proj"
+    with building_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert tmp.parent == tmp_path and not out.exists()
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with pytest.raises(RuntimeError):  # a failed build leaves the old directory as it was
+        with building_dir(out) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("tool failed")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with building_dir(out) as tmp:  # a finished one replaces it whole
+        (tmp / "c.txt").write_text("3")
+    assert [p.name for p in out.iterdir()] == ["c.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["proj"]  # no temporary left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ArtifactError, match="exists and is not a directory"):
+        with building_dir(tmp_path / "file"):
+            pass
+    assert (tmp_path / "file").is_file()
+
+
+def test_a_claim_deletes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True).stdout.strip()  # fmt: skip
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_files = [
+            f".model.pt.{gone}-ab12cd_3.tmp",
+            f".hls4ml.{gone}-x9y8z7w6.tmp/firmware/myproject.cpp",
+            ".loop.k2j3h4g5/iter1/plan.json",
+            ".export-q1w2e3r4/raw.qonnx.onnx",
+        ]
+        kept = [f".report.md.{live.pid}-ab12cd34.tmp", "notes.tmp", ".hidden", "plan.json"]
+        for name in dead_files + kept:
+            write_text(out / name, "x")
+        rd = RunDir(out)
+        rd.claim()
+        rd.release()
+        left = sorted(p.name for p in out.iterdir() if p.name not in LOCK_FILES)
+        assert left == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_the_kill_hook_dies_at_the_nth_write_of_a_file_leaving_it_half_done(tmp_path):
+    code = "import sys\nfrom fitc.rundir import write_text\nfor i in range(3): write_text(sys.argv[1], str(i))"
+    target = tmp_path / "a.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)], env={**os.environ, KILL_ENV: "a.txt#2"}
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_text() == "0"  # the first write; the second is complete but not in place
+    (left,) = [p for p in tmp_path.iterdir() if p != target]
+    assert left.read_text() == "1" and re.fullmatch(r"\.a\.txt\.\d+-[a-z0-9_]+\.tmp", left.name)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)], env={**os.environ, KILL_ENV: "b.txt"}
+    )
+    assert proc.returncode == 0 and target.read_text() == "2"
+
+
+# ---------------------------------------------------------------------------------------------
 # Permissions, failed commands
 
 
@@ -285,17 +396,21 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
         write_json(tmp_path / "a.json", {})
         save_torch(tmp_path / "t.pt", {"w": torch.zeros(2)})
         copy_file(tmp_path / "a.json", tmp_path / "b.json")
+        with building_dir(tmp_path / "d"):
+            pass
     finally:
         os.umask(old)
     for name in ("a.json", "t.pt", "b.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would
 
 
 @pytest.mark.parametrize("until", ["search", "finetune"])  # plain search; the closed loop
 def test_a_failed_command_changes_nothing(finetuned, tmp_path, until):
     out = copy_run(finetuned, tmp_path / "run")
     before = snapshot(out)
-    cfg = RunConfig(out=str(out), budget=("lut=10",), **QUICK)
+    # A hardware budget (the closed loop) no plan can meet: the size is below the smallest state.
+    cfg = RunConfig(out=str(out), budget=("lut=10", "size=0.000001"), **QUICK)
     with pytest.raises(BudgetInfeasibleError):
         run_pipeline(cfg, until=until)
     assert snapshot(out) == before  # run.json (config, stages) byte for byte, and every artifact
