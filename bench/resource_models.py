@@ -13,6 +13,14 @@ pruning (0…95 %) — and prints per plan the analytical and the da4ml LUT esti
 - with ``--cross-fit``, the analytical LUT constants refitted on one model's da4ml data and
   evaluated on the other (an out-of-sample check of the constants shipped in AnalyticalParams).
 
+With ``--yosys`` (or ``--yosys-only``), it then runs ``bench/resource_calibration.py``: ≥ 20 plans
+over digits-mlp, jet-mlp and digits-cnn built with Brevitas, written as Verilog by da4ml and
+synthesized by Yosys (cached in ``bench/yosys_cache.json``), and prints per strategy (RTL and
+distributed arithmetic: shared adder graphs; Latency: unshared constant multiplies; Resource:
+generic multipliers) and model the Spearman correlation and the mean and worst error of the
+analytical and da4ml models against Yosys LUT (FF for the pipelined RTL), before and after the
+calibration shipped in ``fitc.backends.resources``.
+
 Integer weights are the plan's quantized masked weights (``fitc.build.fixed_point_quantize``, equal
 to Brevitas' ``quant_weight().int()``; ``--brevitas`` builds each plan with ``apply_plan`` and reads
 them with ``quant_int_weights`` instead). Run: ``python bench/resource_models.py`` (~3–6 min on 2
@@ -207,7 +215,7 @@ FIT_FIELDS = (
 def layer_samples(rows: list[Row]):
     """(layer plan, da4ml arithmetic LUT) pairs, activation overhead removed, one per distinct plan."""
     seen = {}
-    base = AnalyticalModel()
+    base = AnalyticalModel(strategies={}, live=False)
     for r in rows:
         for lp, a, d in zip(r.plan.layers, r.ana, r.da, strict=True):
             overhead = a - cmvm_luts(lp, base.params)
@@ -247,11 +255,23 @@ def main() -> None:
         help="refit the constants on one model, test on the other",
     )
     ap.add_argument("--show", action="store_true", help="print every plan")
+    ap.add_argument(
+        "--yosys",
+        action="store_true",
+        help="also compare against Yosys netlists (bench/resource_calibration.py, cached)",
+    )
+    ap.add_argument("--yosys-only", action="store_true", help="only the Yosys comparison")
+    ap.add_argument("--no-synth", action="store_true", help="Yosys comparison from the cache only")
     args = ap.parse_args()
+    if args.yosys_only:
+        yosys_comparison(args.no_synth)
+        return
     torch.manual_seed(args.seed)
-    hw = HardwareConfig()
-    ana = AnalyticalModel()
-    da4ml = Da4mlModel()
+    # The raw adder-graph costs (shared sub-expressions, no dead-logic removal, no strategy
+    # calibration): what the analytical LUT constants were fitted to.
+    hw = HardwareConfig(strategy="distributed_arithmetic")
+    ana = AnalyticalModel(strategies={}, live=False)
+    da4ml = Da4mlModel(strategies={}, live=False)
     all_rows: dict[str, tuple[list[Row], list[list[Row]]]] = {}
     for name in args.models.split(","):
         spec = get_spec(name)
@@ -312,7 +332,7 @@ def main() -> None:
             p = fit_params(layer_samples(rows_src))
             print(f"\n== constants refitted on {src}, evaluated on {dst}:")
             print("  " + ", ".join(f"{f}={getattr(p, f):.3f}" for f in FIT_FIELDS))
-            m = AnalyticalModel(params=p)
+            m = AnalyticalModel(params=p, strategies={}, live=False)
 
             def redo(rs, m=m):
                 return [
@@ -327,6 +347,17 @@ def main() -> None:
             "\n  shipped: "
             + ", ".join(f"{f}={getattr(AnalyticalParams(), f):.3f}" for f in FIT_FIELDS)
         )
+    if args.yosys:
+        yosys_comparison(args.no_synth)
+
+
+def yosys_comparison(no_synth: bool) -> None:
+    """The per-strategy comparison against Yosys (bench/resource_calibration.py)."""
+    import resource_calibration as rc
+
+    cache = rc.Cache()
+    built = rc.collect(list(rc.PLANS), cache, workers=2, synth=not no_synth)
+    rc.evaluate(built, cache)
 
 
 if __name__ == "__main__":

@@ -312,14 +312,22 @@ class HardwareConfig(_Json):
 
     part: str = "xc7z020clg400-1"
     clock_period_ns: float = 5.0
-    backend: str = "Vitis"  # "Vitis" | "Vivado"
+    backend: str = "Vitis"  # "Vitis" | "Vivado" (hls4ml) | "rtl" (da4ml Verilog)
     io_type: str = "io_parallel"  # "io_parallel" | "io_stream"
     strategy: str = "Latency"  # "Latency" | "Resource" | "distributed_arithmetic"
     reuse_factor: int = 1
 
     def __post_init__(self) -> None:
-        if self.backend not in ("Vitis", "Vivado"):
-            raise ConfigError(f"backend must be 'Vitis' or 'Vivado', got {self.backend!r}")
+        if self.backend not in ("Vitis", "Vivado", "rtl"):
+            raise ConfigError(f"backend must be 'Vitis', 'Vivado' or 'rtl', got {self.backend!r}")
+        if self.backend == "rtl" and (
+            self.strategy != "distributed_arithmetic" or self.io_type != "io_parallel"
+        ):
+            raise ConfigError(
+                "backend rtl is da4ml's fully parallel adder graphs: it needs strategy "
+                f"distributed_arithmetic and io_type io_parallel, got {self.strategy!r}, "
+                f"{self.io_type!r}"
+            )
         if self.io_type not in ("io_parallel", "io_stream"):
             raise ConfigError(f"io_type must be 'io_parallel' or 'io_stream', got {self.io_type!r}")
         if self.strategy not in ("Latency", "Resource", "distributed_arithmetic"):
@@ -417,7 +425,11 @@ class LayerResources(_Json):
 @dataclass(frozen=True)
 class ResourceReport(_Json):
     """FPGA resources of one design. ``source`` names the model that produced it
-    (``"analytical"``, ``"da4ml"``, ``"vivado_synth"``, ``"csynth"``)."""
+    (``"analytical"``, ``"da4ml"``, ``"yosys"``, ``"vivado_synth"``, ``"csynth"``); ``firmware``
+    the firmware the numbers are for (``"hls4ml Latency"``, ``"hls4ml Resource RF=4"``,
+    ``"hls4ml distributed_arithmetic"``, ``"rtl"``), ``basis`` what they model and how they were
+    calibrated, ``note`` the caveats (e.g. a safety margin and why). The three are empty in
+    reports written before they existed."""
 
     source: str
     hardware: HardwareConfig
@@ -429,6 +441,9 @@ class ResourceReport(_Json):
     latency_ns: float
     initiation_interval_cycles: float
     layers: tuple[LayerResources, ...] = ()
+    firmware: str = ""
+    basis: str = ""
+    note: str = ""
 
     def totals(self) -> dict[str, float]:
         """The totals by budget kind (``lut``, ``ff``, ``dsp``, ``bram``, ``latency``)."""

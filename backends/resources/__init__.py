@@ -15,6 +15,8 @@ from typing import Any
 from fitc.errors import ConfigError
 
 from .adder_graph import (
+    DA4ML_CALIBRATION,
+    UNSHARED_SOLVER,
     Da4mlError,
     Da4mlModel,
     InputType,
@@ -23,22 +25,29 @@ from .adder_graph import (
     quant_int_weights,
 )
 from .analytical import (
+    ANALYTICAL_CALIBRATION,
     DEFAULT_PARAMS,
     AnalyticalModel,
     AnalyticalParams,
     LutCost,
     adder_tree_luts,
     cmvm_luts,
+    generic_mult_luts,
 )
 from .base import (
     COST_KINDS,
     DSP_MIN_WEIGHT_BITS,
+    STRATEGY_KEYS,
+    UNCALIBRATED,
     LayerNumbers,
     ResourceModel,
+    StrategyCalibration,
     accumulator_bits,
     dsp_per_multiplier,
+    firmware_label,
     layer_shape,
     n_multipliers,
+    strategy_key,
     uses_dsp,
     weight_bram_18k,
 )
@@ -62,7 +71,10 @@ RESOURCE_MODELS: dict[str, Callable[..., ResourceModel]] = {
 
 def get_resource_model(name: str, **kwargs: Any) -> ResourceModel:
     """A new resource model by name (a key of :data:`RESOURCE_MODELS`: ``analytical``, ``da4ml``,
-    ``report``)."""
+    ``report``, ``yosys``). The analytical and da4ml models cost the firmware ``hw`` builds
+    (:func:`strategy_key`: ``hw.backend == "rtl"``, else ``hw.strategy`` and ``hw.reuse_factor``)
+    with their per-strategy calibration to Yosys netlists (:data:`ANALYTICAL_CALIBRATION`,
+    :data:`DA4ML_CALIBRATION`), and label their reports (``firmware``, ``basis``, ``note``)."""
     try:
         factory = RESOURCE_MODELS[name]
     except KeyError:
@@ -77,10 +89,19 @@ def get_resource_model(name: str, **kwargs: Any) -> ResourceModel:
 
 
 __all__ = [
+    "ANALYTICAL_CALIBRATION",
     "COST_KINDS",
+    "DA4ML_CALIBRATION",
     "DEFAULT_PARAMS",
     "DSP_MIN_WEIGHT_BITS",
     "RESOURCE_MODELS",
+    "STRATEGY_KEYS",
+    "UNCALIBRATED",
+    "UNSHARED_SOLVER",
+    "StrategyCalibration",
+    "firmware_label",
+    "generic_mult_luts",
+    "strategy_key",
     "AnalyticalModel",
     "AnalyticalParams",
     "Da4mlError",

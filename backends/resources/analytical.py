@@ -1,9 +1,11 @@
 """The analytical resource model (``"analytical"``): :class:`AnalyticalModel` estimates a plan in
 microseconds from the layer plans alone, following hls4ml's rules for DSPs, multipliers, BRAM and
 timing (see the class docstring), with the LUT cost of each layer's constant multiplies and adder
-tree given by a closed formula fitted to da4ml (:func:`cmvm_luts`) and scaled per layer by
-``calibration`` (which the closed loop sets from an accurate measurement with
-:meth:`AnalyticalModel.calibrated`); per-layer results are cached by layer plan.
+tree given by a closed formula fitted to da4ml (:func:`cmvm_luts`, shared or not by strategy),
+calibrated per strategy to Yosys netlists (:data:`ANALYTICAL_CALIBRATION`, measured by
+``bench/resource_calibration.py``) and scaled per layer by ``calibration`` (which the closed loop
+sets from an accurate measurement with :meth:`AnalyticalModel.calibrated`); per-layer results are
+cached by layer plan.
 :class:`LutCost` adapts the model to the search's cost protocol (``kind`` attribute, one of
 :data:`COST_KINDS`; ``__call__(layers) -> float`` absolute count), and :func:`analytical_layer` /
 :func:`finish_layer` are the per-layer rules the da4ml model reuses.
@@ -22,14 +24,24 @@ from fitc.errors import ConfigError
 
 from .base import (
     COST_KINDS,
+    DA_NOTE,
+    LATENCY_NOTE,
+    RESOURCE_NOTE,
+    RTL_NOTE,
+    UNCALIBRATED,
     LayerNumbers,
+    StrategyCalibration,
     accumulator_bits,
     build_report,
     check_parallelization_factor,
+    describe,
     dsp_per_multiplier,
+    latency_floor_hw,
     layer_shape,
+    live_layers,
     n_multipliers,
     next_layer_act_bits,
+    strategy_key,
     uses_dsp,
     weight_bram_18k,
 )
@@ -53,10 +65,18 @@ class AnalyticalParams:
     csd_digits_per_bit: float = 0.419  # extra signed digits per magnitude bit of a weight
     acc_growth: float = 0.682  # adder width growth per log2(products summed per output)
     sharing_exponent: float = 0.182  # common-subexpression sharing among weights of one input
-    generic_mult_lut_per_bit2: float = (
-        0.55  # LUT per weight-bit × act-bit of a non-constant multiplier
-    )
-    relu_lut_per_bit: float = 1.0  # LUT per output bit of the quantized ReLU after a layer
+    # A generic (non-constant) w × a-bit multiplier in LUTs: per_bit2·w·a − per_bit·(w + a),
+    # fitted to Yosys (synth_xilinx -nodsp, xc7) on 12 sizes, w 2–8 × a 3–8 bits
+    # (bench/resource_calibration.py): mean error 7.7 %, worst 16.4 % (the earlier 0.55·w·a was
+    # 2–3× too low).
+    generic_mult_lut_per_bit2: float = 2.162
+    generic_mult_lut_per_bit: float = 1.715
+    # The quantized ReLU after a layer (round half to even, saturate), per output element:
+    # relu_lut_per_bit · output bits + relu_lut_per_sat_bit · (accumulator bits − output bits),
+    # the accumulator ``weight + input bits + log2(non-zeros per output)`` wide; fitted to Yosys
+    # netlists with the arithmetic (bench/resource_calibration.py).
+    relu_lut_per_bit: float = 0.000
+    relu_lut_per_sat_bit: float = 0.000
     ff_per_lut: float = 0.15  # pipeline registers per LUT of adder tree (3 adder levels per stage)
     adder_delay_ns: float = 1.6  # one adder level, so ~3 levels per 5 ns cycle
     dsp_pipeline_cycles: int = 3  # DSP48 input/multiply/output registers
@@ -66,7 +86,9 @@ class AnalyticalParams:
 DEFAULT_PARAMS = AnalyticalParams()
 
 
-def cmvm_luts(lp: LayerPlan, params: AnalyticalParams = DEFAULT_PARAMS) -> float:
+def cmvm_luts(
+    lp: LayerPlan, params: AnalyticalParams = DEFAULT_PARAMS, *, shared: bool = True
+) -> float:
     """LUT of one instance of a layer's constant matrix multiply with LUT multipliers.
 
     With ``m = clip(weight_bits - magnitude_offset, 0, log2(2^(weight_bits-1) - 1))`` the expected
@@ -78,7 +100,9 @@ def cmvm_luts(lp: LayerPlan, params: AnalyticalParams = DEFAULT_PARAMS) -> float
         LUT = n_nonzero · s · (lut_per_acc_bit · w + lut_per_mult_bit · (d - 1) · (act_bits + m))
 
     i.e. an accumulating adder per non-zero product plus ``d - 1`` shift-adds per constant multiply
-    whose width grows with the weight and input widths. Zero weights are free.
+    whose width grows with the weight and input widths. Zero weights are free. ``shared=False``:
+    no sharing of sub-expressions (``s = 1``), every constant multiply on its own, as hls4ml's
+    Latency strategy asks HLS for.
     """
     nnz = lp.n_nonzero
     if nnz == 0:
@@ -91,11 +115,23 @@ def cmvm_luts(lp: LayerPlan, params: AnalyticalParams = DEFAULT_PARAMS) -> float
     )
     digits = 1.0 + p.csd_digits_per_bit * mag
     width = lp.act_bits + mag + p.acc_growth * math.log2(max(nnz / n_out, 1.0))
-    share = max(nnz / n_in, 1.0) ** (-p.sharing_exponent)
+    share = max(nnz / n_in, 1.0) ** (-p.sharing_exponent) if shared else 1.0
     return (
         nnz
         * share
         * (p.lut_per_acc_bit * width + p.lut_per_mult_bit * (digits - 1.0) * (lp.act_bits + mag))
+    )
+
+
+def generic_mult_luts(
+    weight_bits: int, act_bits: int, params: AnalyticalParams = DEFAULT_PARAMS
+) -> float:
+    """LUT of one generic (non-constant) multiplier of a ``weight_bits`` signed weight by an
+    ``act_bits`` activation, as the Resource strategy at RF > 1 needs (weights from memory):
+    ``per_bit2·w·a − per_bit·(w + a)``, at least one LUT."""
+    w, a = weight_bits, act_bits
+    return max(
+        params.generic_mult_lut_per_bit2 * w * a - params.generic_mult_lut_per_bit * (w + a), 1.0
     )
 
 
@@ -117,7 +153,7 @@ def _levels_per_cycle(hw: HardwareConfig, params: AnalyticalParams) -> int:
 
 def _activation_elements(lp: LayerPlan, hw: HardwareConfig) -> int:
     _, n_out = layer_shape(lp)
-    if lp.kind == "conv2d" and hw.io_type == "io_parallel":
+    if lp.kind == "conv2d" and (hw.io_type == "io_parallel" or hw.backend == "rtl"):
         return n_out * lp.out_positions
     return n_out
 
@@ -125,10 +161,16 @@ def _activation_elements(lp: LayerPlan, hw: HardwareConfig) -> int:
 def _activation_luts(
     lp: LayerPlan, next_act_bits: int | None, hw: HardwareConfig, params: AnalyticalParams
 ) -> float:
-    """The quantized ReLU re-quantizing this layer's outputs to the next layer's input width."""
+    """The quantized ReLU re-quantizing this layer's outputs to the next layer's input width:
+    rounding on the output bits, saturation on the accumulator bits above them."""
     if next_act_bits is None:
         return 0.0
-    return params.relu_lut_per_bit * next_act_bits * _activation_elements(lp, hw)
+    _, n_out = layer_shape(lp)
+    acc = lp.weight_bits + lp.act_bits + math.log2(max(lp.n_nonzero / n_out, 1.0))
+    per_element = params.relu_lut_per_bit * next_act_bits + params.relu_lut_per_sat_bit * max(
+        acc - next_act_bits, 0.0
+    )
+    return per_element * _activation_elements(lp, hw)
 
 
 def _timing(
@@ -152,6 +194,14 @@ def _timing(
     return float(latency), float(positions * ii_inner)
 
 
+def kernel_instances(lp: LayerPlan, hw: HardwareConfig, pf: int) -> int:
+    """Instances of a layer's multiply: a conv's ``ParallelizationFactor`` in hls4ml, every output
+    position in the RTL backend (da4ml unrolls the convolution); 1 for a dense layer."""
+    if lp.kind != "conv2d":
+        return 1
+    return lp.out_positions if hw.backend == "rtl" else pf
+
+
 def finish_layer(
     lp: LayerPlan,
     hw: HardwareConfig,
@@ -163,8 +213,12 @@ def finish_layer(
     uses_dsps: bool,
     params: AnalyticalParams,
     pf: int,
+    cal: StrategyCalibration = UNCALIBRATED,
 ) -> LayerNumbers:
-    """Add activations, registers, BRAM and timing to a layer's arithmetic cost."""
+    """Add activations, registers, BRAM and timing to a layer's arithmetic cost (one kernel
+    instance), then apply the strategy's calibration ``cal``: LUT = ``margin · (arith ·
+    instances · arith_lut + act · activation LUT)``, FF scaled by ``cal.ff``."""
+    pf = kernel_instances(lp, hw, pf)
     instances = pf if lp.kind == "conv2d" else 1
     _, n_out = layer_shape(lp)
     acc = accumulator_bits(lp)
@@ -177,8 +231,8 @@ def finish_layer(
     if next_act_bits is not None:
         ff += next_act_bits * _activation_elements(lp, hw)
     return LayerNumbers(
-        lut=instances * arith_lut + act_lut,
-        ff=ff,
+        lut=cal.margin * (cal.arith * instances * arith_lut + cal.act * act_lut),
+        ff=cal.ff * ff,
         dsp=instances * dsp,
         bram_18k=float(weight_bram_18k(lp, hw)),
         latency_cycles=latency,
@@ -188,18 +242,24 @@ def finish_layer(
 
 @lru_cache(maxsize=1 << 16)
 def analytical_layer(
-    lp: LayerPlan, hw: HardwareConfig, next_act_bits: int | None, params: AnalyticalParams, pf: int
+    lp: LayerPlan,
+    hw: HardwareConfig,
+    next_act_bits: int | None,
+    params: AnalyticalParams,
+    pf: int,
+    cal: StrategyCalibration = UNCALIBRATED,
 ) -> LayerNumbers:
-    """One layer's analytical estimate (uncalibrated), ``pf`` kernel instances of a conv (cached)."""
+    """One layer's analytical estimate, ``pf`` kernel instances of a conv (every output position
+    in the RTL backend), under the strategy calibration ``cal`` (cached). Latency (and Resource
+    at RF 1) costs the constant multiplies without sharing, distributed arithmetic and RTL with
+    da4ml-style sharing (:func:`cmvm_luts`)."""
     n_in, n_out = layer_shape(lp)
     dsp_mult = uses_dsp(lp, hw)
     n_mult = n_multipliers(lp, hw)
     rf = hw.reuse_factor
     if hw.strategy == "Resource" and rf > 1:
         # Weights come from memory: generic multipliers (zeros included) feeding accumulators.
-        mult_lut = (
-            0.0 if dsp_mult else params.generic_mult_lut_per_bit2 * lp.weight_bits * lp.act_bits
-        )
+        mult_lut = 0.0 if dsp_mult else generic_mult_luts(lp.weight_bits, lp.act_bits, params)
         arith = n_mult * mult_lut + adder_tree_luts(lp, n_mult, params)
         products = max(lp.n_weights / n_out, 1.0)
     elif dsp_mult:
@@ -207,7 +267,7 @@ def analytical_layer(
         products = max(lp.n_nonzero / n_out, 1.0)
     else:
         # Constant multiplies in LUTs; at Latency RF > 1 the same logic is shared over RF cycles.
-        arith = cmvm_luts(lp, params) / rf
+        arith = cmvm_luts(lp, params, shared=strategy_key(hw) != "Latency") / rf
         products = max(lp.n_nonzero / n_out, 1.0)
     mag = max(lp.weight_bits - params.magnitude_offset, 0.0)
     digits = 1.0 + params.csd_digits_per_bit * mag
@@ -227,7 +287,41 @@ def analytical_layer(
         uses_dsps=dsp_mult,
         params=params,
         pf=pf,
+        cal=cal,
     )
+
+
+#: The analytical model's calibration per strategy key, fitted to Yosys netlists by
+#: ``bench/resource_calibration.py`` (cache: ``bench/yosys_cache.json``; rerun it to refit).
+ANALYTICAL_CALIBRATION: dict[str, StrategyCalibration] = {
+    "rtl": StrategyCalibration(
+        arith=1.306,
+        act=1.000,
+        ff=0.151,
+        measured="bench/resource_calibration.py, Yosys synth_xilinx xc7: 23 RTL designs (digits-mlp, jet-mlp, digits-cnn), LUT error mean 37.7% → 20.6%, worst 145.3% → 63.0%; FF of 3 pipelined designs ±55% (worst 78%)",
+        note=RTL_NOTE,
+    ),
+    "distributed_arithmetic": StrategyCalibration(
+        arith=1.306,
+        act=1.000,
+        margin=1.778,
+        measured="bench/resource_calibration.py, Yosys synth_xilinx xc7: the RTL designs' constants (23 designs, LUT error mean 20.6%, worst under-estimate 43.8%; margin 1/(1 − 43.8%), the worst of the shared and unshared designs)",
+        note=DA_NOTE,
+    ),
+    "Latency": StrategyCalibration(
+        arith=1.092,
+        act=1.000,
+        margin=1.778,
+        measured="bench/resource_calibration.py, Yosys synth_xilinx xc7: 8 unshared designs, LUT error mean 19.0% → 16.9%, worst 43.8% → 33.1%, worst under-estimate 23.2%; margin 1/(1 − 43.8%), the worst of the shared and unshared designs; never below the distributed_arithmetic estimate",
+        note=LATENCY_NOTE,
+    ),
+    "Resource": StrategyCalibration(
+        act=1.000,
+        margin=1.196,
+        measured="bench/resource_calibration.py, Yosys synth_xilinx xc7 -nodsp: 12 generic multipliers (2–8 × 3–8 bits), LUT error mean 7.7%, worst 16.4%, worst under-estimate 16.4%; margin 1/(1 − that)",
+        note=RESOURCE_NOTE,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -247,18 +341,34 @@ class AnalyticalModel:
     whole output tensor at once, io_stream to one pixel per cycle) and in the initiation interval
     (io_stream is a dataflow pipeline).
 
+    The firmware ``hw`` builds (:func:`~.base.strategy_key`) picks the structure costed and its
+    calibration to Yosys netlists (``strategies``, default :data:`ANALYTICAL_CALIBRATION`):
+    ``Latency`` (and Resource at RF 1) one constant multiplier per non-zero weight without
+    sharing; ``distributed_arithmetic`` da4ml-style shared adder graphs; the RTL backend
+    (``hw.backend == "rtl"``) shared adder graphs with every conv output position unrolled;
+    ``Resource`` at RF > 1 generic multipliers (:func:`generic_mult_luts`). With ``live`` (default)
+    the logic synthesis removes is taken out in expectation (:func:`~.base.live_layers`: outputs
+    no later layer reads, constant inputs). Reports say for which firmware and on what basis
+    (``firmware``, ``basis``, ``note``).
+
     ``calibration`` maps a torch layer name to a multiplicative scale of that layer's LUT (missing
-    layers: 1.0). ``parallelization_factor`` is hls4ml's conv ``ParallelizationFactor`` (kernel
-    instances per conv layer).
+    layers: 1.0), on top of the strategy's: the closed loop's per-layer correction.
+    ``parallelization_factor`` is hls4ml's conv ``ParallelizationFactor`` (kernel instances per
+    conv layer).
     """
 
     params: AnalyticalParams = DEFAULT_PARAMS
     calibration: Mapping[str, float] = field(default_factory=dict)
     parallelization_factor: int = 1
     name: str = "analytical"
+    strategies: Mapping[str, StrategyCalibration] = field(
+        default_factory=lambda: dict(ANALYTICAL_CALIBRATION)
+    )
+    live: bool = True
 
     def __post_init__(self) -> None:
         check_parallelization_factor(self.parallelization_factor)
+        object.__setattr__(self, "strategies", dict(self.strategies))
         for layer, f in self.calibration.items():
             if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
                 raise ConfigError(
@@ -272,16 +382,40 @@ class AnalyticalModel:
     ) -> list[LayerNumbers]:
         """Per-layer estimates, in order (LUT scaled by the calibration unless ``calibrated=False``)."""
         out = []
-        for lp, nxt in zip(layers, next_layer_act_bits(layers), strict=True):
-            x = analytical_layer(lp, hw, nxt, self.params, self.parallelization_factor)
+        cal = self.strategy_calibration(hw)
+        nexts = next_layer_act_bits(layers)
+        if self.live:
+            layers = live_layers(layers, hw)
+        floor = latency_floor_hw(hw) if self.strategies else None
+        cal_da = self.strategy_calibration(floor) if floor is not None else None
+        for lp, nxt in zip(layers, nexts, strict=True):
+            x = analytical_layer(lp, hw, nxt, self.params, self.parallelization_factor, cal)
+            if floor is not None and not uses_dsp(lp, hw):
+                y = analytical_layer(
+                    lp, floor, nxt, self.params, self.parallelization_factor, cal_da
+                )
+                x = x._replace(lut=max(x.lut, y.lut))
             f = self.calibration.get(lp.name, 1.0) if calibrated else 1.0
             out.append(x if f == 1.0 else x._replace(lut=x.lut * f))
         return out
 
+    def strategy_calibration(self, hw: HardwareConfig) -> StrategyCalibration:
+        """The calibration of the strategy ``hw`` builds (:func:`strategy_key`)."""
+        return self.strategies.get(strategy_key(hw), UNCALIBRATED)
+
     def estimate(self, plan: CompressionPlan, hw: HardwareConfig, **kw: Any) -> ResourceReport:
-        """The plan's resources. Keyword arguments of other models (weights, …) are ignored."""
+        """The plan's resources for the firmware ``hw`` builds, labelled with it (``firmware``,
+        ``basis``, ``note``). Keyword arguments of other models (weights, …) are ignored."""
+        basis, note = describe(self.name, hw, self.strategy_calibration(hw))
+        if self.calibration:
+            basis += f"; per-layer LUT factors of {len(self.calibration)} layers (closed loop)"
         return build_report(
-            self.name, hw, [lp.name for lp in plan.layers], self.layer_numbers(plan.layers, hw)
+            self.name,
+            hw,
+            [lp.name for lp in plan.layers],
+            self.layer_numbers(plan.layers, hw),
+            basis=basis,
+            note=note,
         )
 
     def total(self, kind: str, layers: Sequence[LayerPlan], hw: HardwareConfig) -> float:
@@ -353,6 +487,7 @@ class LutCost:
 
 
 __all__ = [
+    "ANALYTICAL_CALIBRATION",
     "DEFAULT_PARAMS",
     "AnalyticalModel",
     "AnalyticalParams",
@@ -361,4 +496,6 @@ __all__ = [
     "analytical_layer",
     "cmvm_luts",
     "finish_layer",
+    "generic_mult_luts",
+    "kernel_instances",
 ]

@@ -18,6 +18,8 @@ from typing import Any
 from fitc.artifacts import CompressionPlan, HardwareConfig, LayerResources, ResourceReport
 from fitc.errors import ArtifactError, ConfigError
 
+from .base import firmware_label
+
 
 class VendorReportError(ArtifactError):
     """A vendor report file is missing, unreadable or lacks a field fitc needs."""
@@ -198,6 +200,7 @@ def read_vendor_report(
     layer_index: Mapping[str, int | Sequence[int]] | None = None,
     prefer: str = "vivado_synth",
     top: str | None = None,
+    expect: Mapping[str, Any] | None = None,
 ) -> ResourceReport:
     """Read the vendor reports under ``report_dir`` (an hls4ml project or a folder of files) into a
     :class:`ResourceReport`.
@@ -210,6 +213,9 @@ def read_vendor_report(
     turns the csynth instance rows whose module name contains ``config<index>`` into per-layer
     entries (HLS estimates, summed over the indices; latency is the largest). ``top`` names the
     top function (default: from ``project.tcl``, else the largest ``*_csynth.xml``).
+    ``expect`` (``top``, ``part``, ``layers``: the design's top function, part and number of
+    weight layers) is checked against the reports (:func:`check_report_matches`): a report of
+    another design is refused.
     """
     root = Path(report_dir)
     if not root.exists():
@@ -222,6 +228,8 @@ def read_vendor_report(
             f"no *_csynth.xml under {root}: run `fitc synth RUN_DIR` first (Vitis HLS or Vivado HLS on PATH)"
         )
     cs = parse_csynth_xml(xml)
+    if expect:
+        check_report_matches(xml, cs, expect)
     synth_path = _find(root, "vivado_synth.rpt")
     if prefer == "vivado_synth" and synth_path is not None:
         res, source = parse_vivado_synth_rpt(synth_path), "vivado_synth"
@@ -263,7 +271,52 @@ def read_vendor_report(
         latency_ns=float(latency) * cs["target_clock_ns"],
         initiation_interval_cycles=float(ii),
         layers=layers,
+        firmware=firmware_label(hw),
+        basis=f"{'Vivado post-synthesis utilisation' if source == 'vivado_synth' else 'the HLS estimate'} "
+        f"read from {synth_path.name if source == 'vivado_synth' else xml.name}",
+        note="vendor numbers of the synthesized project"
+        + ("" if source == "vivado_synth" else " (C synthesis estimate, before logic synthesis)"),
     )
+
+
+def _part_key(part: str) -> str:
+    """A part number without separators or case: xc7z020-clg400-1 ≡ xc7z020clg400-1."""
+    return re.sub(r"[^a-z0-9]", "", part.lower())
+
+
+# hls4ml's weight-layer kernels, as their HLS modules are named (dense_latency…, conv_2d_cl…).
+_WEIGHT_MODULE = re.compile(r"^(dense|conv|pointwise|depthwise)[a-z0-9_]*?config(\d+)(?:_|$)")
+
+
+def check_report_matches(xml: Path, cs: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    """Refuse a vendor report of another design: its top function, part, and (when the report
+    has an instance table: hls4ml's Latency strategy may inline every layer) its number of
+    weight-layer kernels must be the design's (``expect``: ``top``, ``part``, ``layers``)."""
+    problems = []
+    top = expect.get("top")
+    if top and cs.get("top") and cs["top"] not in (top, f"{top}_axi"):
+        problems.append(f"top function {cs['top']!r}, the design's is {top!r}")
+    part = expect.get("part")
+    if part and _part_key(cs["part"]) != _part_key(part):
+        problems.append(f"part {cs['part']}, the design's is {part}")
+    n = expect.get("layers")
+    rpt = xml.with_suffix(".rpt")
+    if n and rpt.is_file():
+        found = {
+            m.group(2)
+            for r in parse_csynth_rpt_instances(rpt)
+            if (m := _WEIGHT_MODULE.match(r["module"].lower()))
+        }
+        if found and len(found) != n:
+            problems.append(
+                f"{len(found)} weight layer{'s' if len(found) != 1 else ''} "
+                f"(hls4ml configs {', '.join(sorted(found, key=int))}), the design has {n}"
+            )
+    if problems:
+        raise VendorReportError(
+            f"{xml} is a report of another design: {'; '.join(problems)}. Synthesize this run's "
+            "project (fitc synth RUN_DIR) or estimate without --model report"
+        )
 
 
 @dataclass(frozen=True)
@@ -280,18 +333,22 @@ class VendorReportModel:
         *,
         report_dir: str | Path | None = None,
         layer_index: Mapping[str, int | Sequence[int]] | None = None,
+        expect: Mapping[str, Any] | None = None,
         **kw: Any,
     ) -> ResourceReport:
         if report_dir is None:
             raise ConfigError(
                 "the report model needs report_dir=: an hls4ml project or a folder with *_csynth.xml"
             )
-        return read_vendor_report(report_dir, hw, layer_index=layer_index, prefer=self.prefer)
+        return read_vendor_report(
+            report_dir, hw, layer_index=layer_index, prefer=self.prefer, expect=expect
+        )
 
 
 __all__ = [
     "VendorReportError",
     "VendorReportModel",
+    "check_report_matches",
     "parse_csynth_rpt_instances",
     "parse_csynth_xml",
     "parse_vivado_synth_rpt",

@@ -43,7 +43,7 @@ class YosysModel:
         **kw: Any,
     ) -> ResourceReport:
         from fitc.backends.rtl import load_rtl_project
-        from fitc.backends.yosys import load_yosys_report, rtl_project_dir, xilinx_family
+        from fitc.backends.yosys import NOTE, load_yosys_report, rtl_project_dir, xilinx_family
 
         if rtl_dir is None:
             raise ConfigError(
@@ -79,6 +79,11 @@ class YosysModel:
             latency_ns=latency * hw.clock_period_ns,
             initiation_interval_cycles=1.0,
             layers=layers,
+            firmware="rtl",
+            basis=f"Yosys {rep.yosys_version} synth_xilinx -family {rep.family} netlist "
+            f"({rep.mapper} LUT mapping) of the RTL",
+            note=NOTE
+            + (" (layers: the totals split by da4ml's per-layer costs)" if layers else ""),
         )
 
 

@@ -128,12 +128,21 @@ def test_latency_and_interval():
 
 
 def test_io_stream_applies_the_activation_per_pixel():
-    m = AnalyticalModel()
-    p = plan_of(conv("c1", positions=36), conv("c2", in_ch=16, positions=16))
-    par = m.estimate(p, HW)
-    stream = m.estimate(p, HardwareConfig(io_type="io_stream"))
-    assert stream.layers[0].lut < par.layers[0].lut
-    assert stream.layers[1].lut == par.layers[1].lut  # the last layer has no ReLU
+    import dataclasses
+
+    from fitc.backends.resources import DEFAULT_PARAMS
+
+    # The shipped ReLU LUT constants are fitted to Yosys (which merges the ReLU into the adders'
+    # LUTs); the rule itself, with a LUT cost per ReLU bit:
+    params = dataclasses.replace(DEFAULT_PARAMS, relu_lut_per_bit=1.0)
+    for m in (AnalyticalModel(params=params), AnalyticalModel()):
+        p = plan_of(conv("c1", positions=36), conv("c2", in_ch=16, positions=16))
+        par = m.estimate(p, HW)
+        stream = m.estimate(p, HardwareConfig(io_type="io_stream"))
+        assert stream.layers[0].ff < par.layers[0].ff  # the ReLU's output registers
+        if m.params.relu_lut_per_bit > 0:
+            assert stream.layers[0].lut < par.layers[0].lut
+        assert stream.layers[1].lut == par.layers[1].lut  # the last layer has no ReLU
 
 
 def test_calibration_scales_lut_per_layer():
@@ -250,12 +259,14 @@ def test_da4ml_conv_kernel_charged_once_and_agrees_with_analytical_rank():
     rng = np.random.default_rng(2)
     w = _int_weights(rng, (8, 4, 3, 3), 5, 0.6)
     lp = LayerPlan("c", "conv2d", 5, 6, w.size, int(np.count_nonzero(w)), 36, 25)
-    model = Da4mlModel()
+    model = Da4mlModel(strategies={})  # raw costs: no strategy calibration
     r = model.estimate(plan_of(lp), HW, weights={"c": w})
-    cost, _ = model.solve(w, (True, 5, 0))
+    cost, _ = model.solve(w, (True, 5, 0), shared=False)  # Latency: unshared multiplies
     assert r.layers[0].lut == cost  # one kernel instance, first layer: signed input
     assert r.initiation_interval_cycles == 25
-    r4 = Da4mlModel(parallelization_factor=5).estimate(plan_of(lp), HW, weights={"c": w})
+    r4 = Da4mlModel(parallelization_factor=5, strategies={}).estimate(
+        plan_of(lp), HW, weights={"c": w}
+    )
     assert r4.layers[0].lut == 5 * cost
 
 
