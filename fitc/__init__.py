@@ -19,6 +19,11 @@ warnings.filterwarnings(
 
 __version__ = "0.1.0"
 
+# Idle OpenMP threads sleep instead of spinning (read once, when torch loads): see fitc.threads.
+from fitc.threads import quiet_openmp_env as _quiet_openmp_env  # noqa: E402
+
+_quiet_openmp_env()
+
 
 def __getattr__(name: str):
     # The API imports torch; keep ``import fitc`` light for tools that only read artifacts.

@@ -1,8 +1,24 @@
 """hls4ml's C++ emulation against the qonnx executor: the hls4ml hop of the equivalence chain.
 
 Contract: :func:`emulation_check` runs the compiled emulation (of a model lowered in this process,
-or of a project on disk through its compiled library) on every row and compares it with qonnx;
-the :class:`~fitc.artifacts.HopReport` says whether they agree bit for bit.
+or of a project on disk through its compiled library) and compares it with qonnx; the
+:class:`~fitc.artifacts.HopReport` says whether they agree bit for bit on the rows emulated
+(``n_samples``).
+
+Which rows: every row, unless the set costs more than :data:`EMULATION_MACS` multiply-accumulates
+(rows × the graph's MACs per row, :func:`graph_macs`). hls4ml's C++ emulation runs arbitrary-
+precision ``ap_fixed`` arithmetic at ≈ 30–150 ns per MAC: resnet8 (12.5 M MACs) costs 0.4–1.8 s a
+row, so its 600 test rows alone would take 4–18 minutes. Then a sample is emulated
+(:func:`sample_rows`): for every output, the row where qonnx gives its largest and its smallest
+value (the inputs that drive the network's outputs to their extremes), filled up to
+``EMULATION_MACS / MACs per row`` rows (at least :data:`MIN_ROWS`) by a seeded random draw.
+qonnx still runs on every row (it is cheap). What the check then covers: bit-exactness on those
+rows. Errors that change the function (layout, rounding or saturation modes, weights, wrong or
+narrow types on common values) show on nearly every row and cannot hide from the sample; an error
+that only some rare input triggers could. Such errors are what the static precision check
+(:func:`~fitc.backends.hls.layers.check_precisions`: every accumulator and result type holds every
+possible sum over the input range) and the range-edge rows (which the pipeline checks in full, as a
+set of their own) cover.
 """
 
 from __future__ import annotations
@@ -117,13 +133,21 @@ def _emulator(obj: Any) -> tuple[tuple[int, ...], Any]:
 
 
 def emulation_check(
-    hls_model_or_project: Any, qonnx_path: str | Path, X: np.ndarray, y: np.ndarray
+    hls_model_or_project: Any,
+    qonnx_path: str | Path,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_rows: int | str | None = "auto",
+    seed: int = 0,
 ) -> HopReport:
-    """Compare hls4ml's C++ emulation with the qonnx executor on every row of ``X``.
+    """Compare hls4ml's C++ emulation with the qonnx executor on the rows of ``X``.
 
-    ``X`` has the graph's layout, ``(N, *input_shape)`` (NCHW for a CNN). Exactness is
-    ``report.exact`` (max |diff| 0 and every row identical); the caller decides what to do
-    with a difference.
+    ``X`` has the graph's layout, ``(N, *input_shape)`` (NCHW for a CNN). ``max_rows``: None
+    emulates every row, an integer at most that many (:func:`sample_rows`), ``"auto"`` every row
+    unless that costs more than :data:`EMULATION_MACS` (module docstring). The report's
+    ``n_samples`` is the number of rows emulated. Exactness is ``report.exact`` (max |diff| 0 and
+    every row identical); the caller decides what to do with a difference.
     """
     from fitc.export import load_onnx, run_qonnx
     from fitc.export.verify import compare
@@ -142,6 +166,15 @@ def emulation_check(
     t0 = time.perf_counter()
     ref = run_qonnx(proto, X).reshape(len(X), -1)
     t_ref = time.perf_counter() - t0
+
+    limit = rows_limit(proto, len(X)) if max_rows == "auto" else max_rows
+    if limit is not None and limit < len(X):
+        idx = sample_rows(ref, int(limit), seed)
+        log.info(
+            "hls4ml emulation: %d of %d rows (per-output extremes + seeded random; qonnx ran all)",
+            len(idx), len(X),
+        )  # fmt: skip
+        X, y, ref = X[idx], y[idx], ref[idx]
 
     emu_in = X
     if X.ndim == 4 and tuple(X.shape[1:]) != in_shape and (*X.shape[2:], X.shape[1]) == in_shape:
@@ -169,3 +202,67 @@ def emulation_check(
         t_emu,
     )
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Which rows to emulate
+
+#: Multiply-accumulates one emulation check may cost before it samples rows (≈ 80 resnet8 rows).
+EMULATION_MACS = 1_000_000_000
+#: A sampled check emulates at least this many rows.
+MIN_ROWS = 64
+
+
+def graph_macs(proto: Any) -> int:
+    """Multiply-accumulates of one forward pass of a QONNX graph (dense count: zeros included,
+    as the emulation computes them): Σ weights × output positions over Conv/MatMul/Gemm."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = ModelWrapper(proto if not isinstance(proto, ModelWrapper) else proto.model)
+    try:
+        model = model.transform(InferShapes())
+    except Exception as e:  # unknown shapes: count nothing (rows_limit then emulates every row)
+        log.debug("graph_macs: shape inference failed (%s); every row is emulated", e)
+        return 0
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        w = model.get_tensor_shape(node.input[1]) or []
+        out = model.get_tensor_shape(node.output[0]) or []
+        positions = math.prod(out[2:]) if node.op_type == "Conv" else math.prod(out[:-1]) or 1
+        total += math.prod(w) * max(1, positions)
+    return int(total)
+
+
+def rows_limit(proto: Any, n_rows: int, budget: int = EMULATION_MACS) -> int | None:
+    """How many of ``n_rows`` rows to emulate: None (all) when they cost at most ``budget``
+    MACs, else ``budget // MACs per row`` but at least :data:`MIN_ROWS`."""
+    macs = graph_macs(proto)
+    if macs <= 0 or n_rows * macs <= budget:
+        return None
+    return max(MIN_ROWS, budget // macs)
+
+
+def sample_rows(ref: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``k`` rows (all if ``k`` ≥ rows): for every output column the rows of
+    its largest and smallest reference value first, then a seeded random draw of the rest."""
+    ref = np.asarray(ref).reshape(len(ref), -1)
+    n = len(ref)
+    if k >= n:
+        return np.arange(n)
+    if k < 1:
+        raise DataError(f"emulation_check: max_rows must be ≥ 1, got {k}")
+    extremes: list[int] = []
+    for j in range(ref.shape[1]):
+        for i in (int(np.argmax(ref[:, j])), int(np.argmin(ref[:, j]))):
+            if i not in extremes:
+                extremes.append(i)
+    chosen = extremes[:k]
+    rest = np.setdiff1d(np.arange(n), chosen)
+    rng = np.random.default_rng(seed)
+    fill = rng.choice(rest, size=k - len(chosen), replace=False) if k > len(chosen) else []
+    return np.sort(
+        np.concatenate([np.asarray(chosen, dtype=np.int64), np.asarray(fill, dtype=np.int64)])
+    )

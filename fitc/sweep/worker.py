@@ -43,6 +43,7 @@ from fitc.sweep.ledger import (
     requeue,
 )
 from fitc.sweep.paths import check_sweep_dir
+from fitc.threads import pin_threads, worker_threads
 
 log = logging.getLogger("fitc.sweep")  # one logger for the whole package
 
@@ -171,15 +172,30 @@ def run_worker(
 
     With ``wait`` the worker also waits while other workers still run points (a point whose
     worker dies becomes stale after the grace period and is taken again), so it returns only when
-    every point is finished. ``max_points`` bounds the points this worker runs.
+    every point is finished. ``max_points`` bounds the points this worker runs. Torch runs on
+    :func:`fitc.threads.worker_threads` intra-op threads meanwhile (1 unless ``OMP_NUM_THREADS``
+    says otherwise).
     """
+    fn = resolve_point_fn(point_fn)
+    stats = WorkerStats()
+    # One intra-op thread per worker (OMP_NUM_THREADS if set): workers share the cores without
+    # oversubscribing them; restored when this worker returns (it may run in the caller's process).
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    pin_threads(worker_threads())
+    try:
+        return _work(fn, stats, storage_url, study_name, sweep_dir, max_points, progress, wait)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _work(fn, stats, storage_url, study_name, sweep_dir, max_points, progress, wait) -> WorkerStats:
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
     from tqdm import tqdm
 
-    fn = resolve_point_fn(point_fn)
-    stats = WorkerStats()
     with quiet_optuna():
         attrs = load_study(open_storage(storage_url), study_name).user_attrs
         interval = int(attrs.get("fitc_heartbeat_interval_s", 30))
