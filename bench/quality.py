@@ -3,7 +3,9 @@
 For each model: train the float model once (seeded), estimate its Fisher once, then for each
 size budget build, calibrate and fine-tune (identical settings for every method):
 
-  fitc      FITCompress search: mixed weight bits + global Fisher-importance pruning
+  fitc      FITCompress search with the pipeline's defaults (fitc.config.RunConfig): mixed weight
+            bits + Fisher-importance pruning (a ladder per layer; --global-prune: one global
+            ladder), the Fisher re-estimated along the path on the training data
   uniform   (a) one bit width for every layer + global magnitude pruning tuned to the budget; the
             bit width is picked among --uniform-bits by validation accuracy of the calibrated
             model before fine-tuning, so it gets the same single fine-tuning run as the others
@@ -12,22 +14,36 @@ size budget build, calibrate and fine-tune (identical settings for every method)
   mag-8b    (c) 8-bit weights + global magnitude pruning tuned to the budget
 
 Size = Σ non-zero quantized weights × bits / (Σ weights × 32), measured on the built model.
-Accuracy is on the held-out test split (mean over --seeds: float training, Fisher, search and
-fine-tuning all re-seeded); activations are 8-bit everywhere. "zeros" counts pruned weights and
-weights that quantize to zero.
+Accuracy is on the held-out test split (mean ± sample standard deviation over --seeds: float
+training, Fisher, search and fine-tuning all re-seeded); activations are 8-bit everywhere. "zeros"
+counts pruned weights and weights that quantize to zero. Fine-tuning (every method, the
+pipeline's defaults unless overridden): --epochs, --lr, --optimizer, --schedule.
+
+Device rows (``--device xc7z020 --fractions 0.1 0.25``) run the pipeline itself up to the
+fine-tuning (:func:`fitc.pipeline.run_pipeline`, ``until="finetune"``) with the same settings:
+the closed loop searches against the analytical resource model (activation bits searched, the
+input's included: ``fitc.space.default_act_bits``; ``--fixed-act`` keeps them at 8), fine-tunes
+and measures every design with da4ml (no hls4ml compile). They report fitc's test accuracy and
+the measured LUT of the design kept.
 
     python bench/quality.py                       # digits-mlp and digits-cnn, 1/8 … 1/64
-    python bench/quality.py --seeds 0 1 2         # mean of three seeds
+    python bench/quality.py --seeds 0 1 2         # mean ± std of three seeds
     python bench/quality.py --models digits-mlp --budgets 1/16 --epochs 15
     python bench/quality.py --model mlp --data wine       # any data: wine, breast-cancer, X.npz
+    python bench/quality.py --models digits-mlp --budgets --device xc7z020 --fractions 0.1 0.25
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import statistics
+import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +57,7 @@ from fitc.build import (
     make_plan,
     measure_layers,
 )
+from fitc.config import RunConfig
 from fitc.cost import SizeCost
 from fitc.errors import BudgetInfeasibleError
 from fitc.finetune import finetune
@@ -57,6 +74,7 @@ class Result:
     size: float | None
     note: str = ""
     seconds: float = 0.0
+    accs: list[float] = field(default_factory=list)  # per seed (averaged rows)
 
 
 def _finetuned(model, plan: CompressionPlan, masks, data, args) -> Result:
@@ -137,6 +155,8 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
     X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
     t0 = time.perf_counter()
     fisher = estimate_fisher(model, X, y, max_batches=20, seed=args.seed)
+    # the pipeline's search: the Fisher refreshed on the training data along the path
+    refresh = {"refresh_data": (X, y), "refresh_every": RunConfig().refresh_every}
     print(f"  Fisher in {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
     for budget in budgets:
@@ -147,10 +167,11 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
             model,
             fisher,
             budget,
-            SearchSpace(),
+            SearchSpace(per_layer_prune=args.per_layer_prune),
             model_name=name,
             input_shape=spec.input_shape,
             seed=args.seed,
+            **refresh,
         )
         search_s = time.perf_counter() - t0
         r = _finetuned(model, res.plan, res.masks, data, args)
@@ -182,6 +203,7 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
                 model_name=name,
                 input_shape=spec.input_shape,
                 seed=args.seed,
+                **refresh,
             )
             search_s = time.perf_counter() - t0
             r = _finetuned(model, res.plan, res.masks, data, args)
@@ -203,10 +225,18 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
 METHODS = ("fitc", "uniform", "fit-mp", "mag-8b")
 
 
+def _pm(accs: list[float]) -> str:
+    """Mean ± sample standard deviation of accuracies, in %."""
+    mean = 100 * statistics.fmean(accs)
+    if len(accs) < 2:
+        return f"{mean:6.2f}"
+    return f"{mean:6.2f} ± {100 * statistics.stdev(accs):4.2f}"
+
+
 def _cell(r: Result) -> str:
     if r.test_acc is None:
         return f"{'—':>6} (min size {r.size:.4f})" if r.size else "—"
-    return f"{100 * r.test_acc:6.2f} (size {r.size:.4f})"
+    return f"{_pm(r.accs or [r.test_acc])} (size {r.size:.4f})"
 
 
 def _print_row(row: dict) -> None:
@@ -219,21 +249,23 @@ def _print_row(row: dict) -> None:
 
 
 def _mean_rows(rows: list[dict]) -> list[dict]:
-    """Average the per-seed rows of each (model, budget)."""
+    """Average the per-seed rows of each (model, budget), keeping each seed's accuracy."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["budget"]), []).append(row)
     out = []
     for (model, budget), rs in groups.items():
-        row = {"model": model, "budget": budget, "float": sum(r["float"] for r in rs) / len(rs)}
+        row = {"model": model, "budget": budget, "float": [r["float"] for r in rs]}
         for m in METHODS:
             res = [r[m] for r in rs]
             acc = [x.test_acc for x in res if x.test_acc is not None]
             size = [x.size for x in res if x.size is not None]
+            whole = len(acc) == len(res)
             row[m] = Result(
-                test_acc=sum(acc) / len(acc) if len(acc) == len(res) else None,
+                test_acc=statistics.fmean(acc) if whole else None,
                 val_acc=None,
                 size=max(size) if size else None,
+                accs=acc if whole else [],
             )
         out.append(row)
     return out
@@ -241,21 +273,23 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict], n_seeds: int) -> None:
     rows = _mean_rows(rows)
-    what = f"mean of {n_seeds} seeds; " if n_seeds > 1 else ""
+    what = f"mean ± std of {n_seeds} seeds; " if n_seeds > 1 else ""
     print(
         f"\nTest accuracy % ({what}achieved size as a fraction of float32"
         f"{', the largest over seeds' if n_seeds > 1 else ''}) — same fine-tuning for all\n"
     )
+    width = 31 if n_seeds > 1 else 24
+    fw = 13 if n_seeds > 1 else 6
     head = (
-        f"| {'model':10s} | {'budget':9s} | {'float':6s} | "
-        + " | ".join(f"{m:22s}" for m in METHODS)
+        f"| {'model':10s} | {'budget':9s} | {'float':{fw}s} | "
+        + " | ".join(f"{m:{width}s}" for m in METHODS)
         + " |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
     for row in rows:
-        cells = " | ".join(f"{_cell(row[m]):22s}" for m in METHODS)
-        print(f"| {row['model']:10s} | {row['budget']:9s} | {100 * row['float']:6.2f} | {cells} |")
+        cells = " | ".join(f"{_cell(row[m]):{width}s}" for m in METHODS)
+        print(f"| {row['model']:10s} | {row['budget']:9s} | {_pm(row['float']):{fw}s} | {cells} |")
     wins = [
         (row["model"], row["budget"], m)
         for row in rows
@@ -268,7 +302,102 @@ def print_table(rows: list[dict], n_seeds: int) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Device rows: the pipeline's closed loop
+
+
+def run_device(name: str, fraction: float, args) -> dict:
+    """One seed of the pipeline on ``--device`` at ``fraction`` (until fine-tuning)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fitc-quality-") as tmp:
+        cfg = RunConfig(
+            model=name,
+            data=args.data,
+            device=args.device,
+            fraction=fraction,
+            seed=args.seed,
+            out=tmp,
+            until="finetune",
+            progress=False,
+            train_epochs=args.train_epochs,
+            act_bits=(8,) if args.fixed_act else None,  # None: searched under a device budget
+            per_layer_prune=args.per_layer_prune,
+            finetune_epochs=args.epochs,
+            finetune_lr=args.lr,
+            optimizer=args.optimizer,
+            schedule=args.schedule,
+            batch_size=args.batch_size,
+        )
+        from fitc.pipeline import run_pipeline
+
+        run = run_pipeline(cfg)
+        with open(f"{tmp}/loop.json") as f:
+            loop = json.load(f)
+        layers = " ".join(
+            f"w{lp.weight_bits}a{lp.act_bits}/{lp.sparsity:.0%}" for lp in run.plan.layers
+        )
+        row = {
+            "model": name,
+            "budget": f"{args.device} {fraction:g}",
+            "float": run.metrics["float_test_accuracy"],
+            "acc": float(loop["accuracy"]),
+            "lut": float(loop["accurate"].get("lut", float("nan"))),
+            "limit": float(loop["targets"].get("lut", float("nan"))),
+            "fits": bool(loop["fits"]),
+            "iterations": int(loop["iterations"]),
+        }
+    print(
+        f"  {row['budget']:>14}: fitc {100 * row['acc']:6.2f}, LUT {row['lut']:.0f} / "
+        f"{row['limit']:.0f}, fits {row['fits']}, {row['iterations']} loop iterations; {layers} "
+        f"(w/a bits, zeros) [{time.perf_counter() - t0:.1f} s]",
+        flush=True,
+    )
+    return row
+
+
+def print_device_table(rows: list[dict], n_seeds: int) -> None:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["budget"]), []).append(row)
+    what = f"mean ± std of {n_seeds} seeds" if n_seeds > 1 else "one seed"
+    print(f"\nDevice budgets through the pipeline's closed loop (test accuracy %, {what})\n")
+    print(f"| {'model':10s} | {'budget':14s} | {'float':13s} | {'fitc':13s} | LUT (max) | fits |")
+    print(f"|{'-' * 12}|{'-' * 16}|{'-' * 15}|{'-' * 15}|{'-' * 11}|{'-' * 6}|")
+    for (model, budget), rs in groups.items():
+        lut = max(r["lut"] for r in rs)
+        fits = f"{sum(r['fits'] for r in rs)}/{len(rs)}"
+        print(
+            f"| {model:10s} | {budget:14s} | {_pm([r['float'] for r in rs]):13s} | "
+            f"{_pm([r['acc'] for r in rs]):13s} | {lut:9.0f} | {fits:4s} |"
+        )
+
+
+def _save(path: str, rows: list[dict], device_rows: list[dict]) -> None:
+    def plain(row: dict) -> dict:
+        return {k: dataclasses.asdict(v) if isinstance(v, Result) else v for k, v in row.items()}
+
+    with open(path, "w") as f:
+        json.dump({"rows": [plain(r) for r in rows], "device_rows": device_rows}, f, indent=1)
+
+
+def _merge(paths: list[str]) -> None:
+    rows, device_rows = [], []
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        rows += [
+            {k: Result(**v) if k in METHODS else v for k, v in r.items()} for r in saved["rows"]
+        ]
+        device_rows += saved["device_rows"]
+    seeds = lambda rs: max(Counter((r["model"], r["budget"]) for r in rs).values(), default=1)  # noqa: E731
+    if rows:
+        print_table(rows, seeds(rows))
+    if device_rows:
+        print_device_table(device_rows, seeds(device_rows))
+
+
 def main(argv: list[str] | None = None) -> None:
+    defaults = RunConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--models",
@@ -283,28 +412,73 @@ def main(argv: list[str] | None = None) -> None:
         help="dataset for every model: built-in (digits, wine, breast-cancer) or a .npz file; "
         "default: each model's own",
     )
-    p.add_argument("--budgets", nargs="+", default=["1/8", "1/16", "1/32", "1/64"])
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (all methods)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--schedule", default="cosine")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--budgets",
+        nargs="*",
+        default=["1/8", "1/16", "1/32", "1/64"],
+        help="size budgets (none: device rows only)",
+    )
+    p.add_argument("--device", default=None, help="device preset for device rows, e.g. xc7z020")
+    p.add_argument(
+        "--fractions", type=float, nargs="+", default=[], help="device fractions, e.g. 0.1 0.25"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=defaults.finetune_epochs,
+        help="fine-tuning epochs (all methods)",
+    )
+    p.add_argument("--lr", type=float, default=defaults.finetune_lr, help="fine-tuning lr")
+    p.add_argument("--optimizer", default=defaults.optimizer)
+    p.add_argument("--schedule", default=defaults.schedule)
+    p.add_argument(
+        "--global-prune",
+        dest="per_layer_prune",
+        action="store_false",
+        default=defaults.per_layer_prune,
+        help="fitc prunes by one global ladder (default: the pipeline's, a ladder per layer)",
+    )
+    p.add_argument(
+        "--fixed-act", action="store_true", help="device rows: activations fixed at 8 bits"
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--train-epochs", type=int, default=60)
     p.add_argument("--uniform-bits", type=int, nargs="+", default=[8, 6, 4, 3, 2])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--save", metavar="JSON", help="also write the per-seed rows to this file")
+    p.add_argument(
+        "--merge",
+        metavar="JSON",
+        nargs="+",
+        help="print the tables of rows saved by earlier runs (e.g. one per seed, run in parallel)",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        _merge(args.merge)
+        return
+    if bool(args.device) != bool(args.fractions):
+        p.error("--device and --fractions go together")
     logging.basicConfig(level=logging.WARNING)
     budgets = [Budget.parse(f"size={b}") for b in args.budgets]
     t0 = time.perf_counter()
-    rows = []
+    rows, device_rows = [], []
     for seed in args.seeds:
         args.seed = seed
-        rows += [row for name in args.models for row in run_model(name, budgets, args)]
-    print_table(rows, len(args.seeds))
+        if budgets:
+            rows += [row for name in args.models for row in run_model(name, budgets, args)]
+        for name in args.models:
+            for fraction in args.fractions:
+                device_rows.append(run_device(name, fraction, args))
+    if args.save:
+        _save(args.save, rows, device_rows)
+    if rows:
+        print_table(rows, len(args.seeds))
+    if device_rows:
+        print_device_table(device_rows, len(args.seeds))
     print(
         f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs} epochs, "
-        f"{args.optimizer}, lr {args.lr}, {args.schedule}, batch {args.batch_size}, "
-        f"seeds {args.seeds}"
+        f"{args.optimizer}, lr {args.lr:g}, {args.schedule}, batch "
+        f"{args.batch_size}, per-layer pruning {args.per_layer_prune}, seeds {args.seeds}"
     )
 
 

@@ -8,8 +8,9 @@ warm-up call whose time is printed separately: torch.func's first grad in a proc
 torch._dynamo) and prints the maximum relative difference ``max|F_vmap − F_loop| / max|F_loop|``
 over the layers.
 Part 2 trains each float model (resnet8 for a few epochs only: its timings do not depend on
-accuracy), then times ``estimate_fisher`` with its defaults plus ``search_plan`` with the Fisher
-re-estimated along the path, and prints the expansions, the plan and the accuracy of its
+accuracy), then times ``estimate_fisher`` with its defaults plus ``search_plan`` as the pipeline
+runs it (``fitc.config.RunConfig``'s defaults: per-layer pruning, the Fisher re-estimated along
+the path every ``refresh_every`` expansions), and prints the expansions, the plan and the accuracy of its
 simulated weights without fine-tuning (activations float).
 """
 
@@ -23,11 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from fitc.artifacts import Budget
+from fitc.config import RunConfig
 from fitc.fisher import compressible_layers, estimate_fisher
 from fitc.models import build_model, evaluate, get_spec, load_data, train_float
 from fitc.search import search_plan
+from fitc.space import SearchSpace
 
 MODELS = ("digits-mlp", "digits-cnn", "resnet8")
+DEFAULTS = RunConfig()
 REPEATS = 2
 
 
@@ -97,7 +101,14 @@ def part2(names, budget: Budget, epochs: dict[str, int | None], algorithm: str) 
         t_fisher = time.perf_counter() - t
         t = time.perf_counter()
         res = search_plan(
-            model, fisher, budget, algorithm=algorithm, refresh_data=(X, y), model_name=name
+            model,
+            fisher,
+            budget,
+            SearchSpace(per_layer_prune=DEFAULTS.per_layer_prune),
+            algorithm=algorithm,
+            refresh_every=DEFAULTS.refresh_every,
+            refresh_data=(X, y),
+            model_name=name,
         )
         t_search = time.perf_counter() - t
         plan = res.plan

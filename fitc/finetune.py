@@ -82,7 +82,7 @@ def finetune(
     data: Any,
     *,
     epochs: int = 30,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     optimizer: str = "adam",
     schedule: str = "cosine",
     batch_size: int = 64,

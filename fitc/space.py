@@ -13,21 +13,30 @@ Contract:
   activation-bit ladder per layer (fixed at 8 by default) and a ladder of pruning fractions
   (global by default, per layer as an option). Ladders are normalised: bits descending, pruning
   levels ascending from 0.
+- :func:`default_act_bits` is the activation ladder for a set of budget kinds: searched
+  (:data:`SEARCHED_ACT_BITS`, 8 down to 2, every activation quantizer including the network
+  input's) when a hardware budget (LUT, FF, DSP, BRAM, latency) is among them, whose cost
+  depends on the activation widths; fixed at 8 otherwise (a size budget does not depend on them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from fitc.artifacts import HARDWARE_KINDS
 from fitc.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_ACT_BITS",
     "DEFAULT_PRUNE_LEVELS",
     "SCALE_MIN",
+    "SEARCHED_ACT_BITS",
     "SearchSpace",
+    "default_act_bits",
     "quantize_weight",
     "weight_scale",
 ]
@@ -38,6 +47,17 @@ SCALE_MIN = 1e-10
 DEFAULT_PRUNE_LEVELS: tuple[float, ...] = tuple(
     float(x) for x in (1.0 - np.logspace(0, -3, 40, base=10.0))
 )
+
+
+DEFAULT_ACT_BITS: tuple[int, ...] = (8,)
+# Hardware budgets: activation widths are what LUT cost depends on most (adder and ReLU widths).
+SEARCHED_ACT_BITS: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
+
+
+def default_act_bits(kinds: Iterable[str]) -> tuple[int, ...]:
+    """The activation-bit ladder for budgets of ``kinds`` (``size``, ``bops``, ``lut``, …):
+    :data:`SEARCHED_ACT_BITS` if any is a hardware kind, else :data:`DEFAULT_ACT_BITS`."""
+    return SEARCHED_ACT_BITS if set(kinds) & set(HARDWARE_KINDS) else DEFAULT_ACT_BITS
 
 
 def _check_bits(bits: int) -> int:
@@ -80,7 +100,7 @@ class SearchSpace:
     """
 
     weight_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
-    act_bits: tuple[int, ...] = (8,)
+    act_bits: tuple[int, ...] = DEFAULT_ACT_BITS
     prune_levels: tuple[float, ...] = field(default=DEFAULT_PRUNE_LEVELS)
     per_layer_prune: bool = False
 

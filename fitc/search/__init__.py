@@ -19,7 +19,8 @@ Contract:
   ``max_expansions`` it finishes greedily). Moves that do not lower the cost are only taken when
   no move does. Only the changed layers' terms are recomputed for a candidate move.
 - With ``refresh_data`` the Fisher is re-estimated at the current state's weights every
-  ``refresh_every`` expansions on ``refresh_batches`` seeded batches.
+  ``refresh_every`` expansions, every time on the same seeded samples (by default as many as the
+  initial Fisher used), so successive estimates differ by the weights, not by sampling noise.
 - Budget fill (``refine=True``, the default): from the state the path search returns, reverse
   moves are taken while one fits the budget: raise one layer's weight bits one rung, lower the
   pruning level one rung (global, or one layer's with ``per_layer_prune``: the pruned weights of

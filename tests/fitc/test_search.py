@@ -216,6 +216,57 @@ def test_fisher_refresh_along_the_path():
     assert torch.equal(fresh.weight["conv"], fisher.weight["conv"])
 
 
+def test_fisher_refresh_reuses_the_same_samples():
+    """Every refresh estimates on the same seeded batches: at the same weights two refreshes agree
+    exactly, and a refresh equals an estimate on those batches at the state's simulated
+    weights."""
+    from fitc.fisher import trace_layers
+    from fitc.search.core import _Refresher, _use_fisher
+    from fitc.search.scoring import Scorer
+    from fitc.search.state import Lattice
+
+    model, fisher, X, y = _setup()
+    infos = trace_layers(model, torch.zeros((1, *SHAPE)))
+    modules = dict(model.named_modules())
+    lattice = Lattice(infos, [modules[i.name].weight for i in infos], SearchSpace(), SizeCost())
+    scorer = Scorer(lattice, fisher)
+    _use_fisher(lattice, scorer, fisher)
+    node = lattice.start()
+    refresh = _Refresher(model, lattice, scorer, (X, y), every=1, batches=3, batch_size=40, seed=7)
+    refresh.maybe(node, 1)
+    first = scorer.fisher
+    refresh.maybe(node, 2)
+    second = scorer.fisher
+    assert refresh.count == 2 and first is not second
+    ref = estimate_fisher(
+        model, X, y, batch_size=40, max_batches=3, min_batches=3, tol=0.0, seed=7,
+        weights=lattice.weights_of(node),
+    )  # fmt: skip
+    for name in fisher.layers:
+        assert torch.equal(first.weight[name], second.weight[name])
+        assert torch.equal(first.weight[name], ref.weight[name])
+        assert first.act_range[name] == fisher.act_range[name]  # the reference ranges are kept
+    assert first.n_samples == 120
+
+    # search_plan's default: as many samples as the initial Fisher (160 here, 4 batches of 40),
+    # the same at every refresh
+    res = search_plan(
+        model, fisher, Budget("size", 0.03), refresh_every=3, refresh_data=(X, y),
+        refresh_batch_size=40,
+    )  # fmt: skip
+    assert res.refreshes >= 1 and res.fisher.n_samples == fisher.n_samples == 160
+    again = search_plan(
+        model, fisher, Budget("size", 0.03), refresh_every=3, refresh_data=(X, y),
+        refresh_batch_size=40,
+    )  # fmt: skip
+    assert again.plan.layers == res.plan.layers and again.plan.path == res.plan.path
+    fewer = search_plan(
+        model, fisher, Budget("size", 0.03), refresh_every=3, refresh_data=(X, y),
+        refresh_batch_size=40, refresh_batches=1,
+    )  # fmt: skip
+    assert fewer.fisher.n_samples == 40
+
+
 class _FakeLut:
     """A stand-in hardware cost: 'LUTs' = Σ non-zeros × weight bits × act bits / 8."""
 
