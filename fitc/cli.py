@@ -36,9 +36,9 @@ log = logging.getLogger("fitc")
 # ---------------------------------------------------------------------------------------------
 # The tables the help and the checks are made of (the code's own, so they cannot disagree)
 
-#: hls4ml backends and io types ``HardwareConfig`` accepts.
-BACKENDS = ("Vitis", "Vivado")
-IO_TYPES = ("io_parallel", "io_stream")
+#: Firmware backends (hls4ml's two, and da4ml's RTL) and io types ``HardwareConfig`` accepts.
+BACKENDS = ("Vitis", "Vivado", "rtl")
+IO_TYPES = ("auto", "io_parallel", "io_stream")
 
 
 def strategies() -> tuple[str, ...]:
@@ -197,12 +197,18 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help="fraction of every resource of --device to fit in (LUT, FF, DSP, BRAM), e.g. 0.25",
     )
     g.add_argument("--weight-bits", help="weight bit-width ladder, e.g. 8,6,4,3,2")
-    g.add_argument("--act-bits", help="activation bit-width ladder (default 8: not searched)")
     g.add_argument(
-        "--per-layer-prune",
+        "--act-bits",
+        help="activation bit-width ladder, the input's included (default: 8…2 searched under "
+        "hardware budgets, 8 under size/BOPs budgets)",
+    )
+    g.add_argument(
+        "--global-prune",
+        dest="per_layer_prune",
         action="store_const",
-        const=True,
-        help="search per-layer pruning levels instead of one global level",
+        const=False,
+        help="one global pruning ladder for every layer (default: each layer its own, ranked by "
+        "Fisher importance)",
     )
     methods = config_choices("fisher_method")
     g.add_argument(
@@ -236,20 +242,31 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _hw_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("hardware (hls4ml; names in any case)")
+    g = p.add_argument_group("hardware (names in any case)")
     g.add_argument(
         "--backend",
         type=_canonical(BACKENDS),
         choices=BACKENDS,
-        help=f"hls4ml backend (default {BACKENDS[0]})",
+        help=f"firmware: an hls4ml project for Vitis or Vivado HLS (default {BACKENDS[0]}), or "
+        "rtl: Verilog from da4ml's adder graphs, simulated with Verilator",
     )
     g.add_argument("--part", help="FPGA part (default: the --device's, else xc7z020clg400-1)")
-    g.add_argument("--clock-ns", type=float, help="clock period in ns (default 5)")
+    g.add_argument(
+        "--clock-ns", "--clock-period", dest="clock_ns", type=float,
+        help="clock period in ns (default 5)",
+    )  # fmt: skip
+    g.add_argument(
+        "--latency-cutoff",
+        type=float,
+        help="rtl: pipeline the Verilog with at most this much of da4ml's estimated delay per "
+        "stage (default -1: combinational)",
+    )
     g.add_argument(
         "--io-type",
         type=_canonical(IO_TYPES),
         choices=IO_TYPES,
-        help=f"default {IO_TYPES[0]}",
+        help="default auto: io_stream for a CNN whose largest feature map holds over 1024 "
+        "values (as hls4ml users stream CNNs), else io_parallel",
     )
     names = strategies()
     g.add_argument(
@@ -307,15 +324,44 @@ def cmd_stage(stage: str):
 
         run_dir = Path(args.dir)
         _need_model(run_dir)
-        if stage == "lower":
-            _need(run_dir, "export.json", "exported graph", f"fitc export {run_dir}")
-        if stage == "estimate" and getattr(args, "resource_model", None) == "report":
-            _need_vendor_reports(run_dir)
         run = run_pipeline(_config(args, run_dir), until=stage)
         _print_summary(run, args)
         return 0
 
     return cmd
+
+
+def cmd_lower(args: argparse.Namespace) -> int:
+    from fitc.followup import lower_existing
+
+    run_dir = Path(args.dir)
+    _need_model(run_dir)
+    _need(run_dir, "export.json", "exported graph", f"fitc export {run_dir}")
+    run = lower_existing(_config(args, run_dir), replan=args.replan)
+    _print_summary(run, args)
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from fitc.followup import estimate_existing
+
+    run_dir = Path(args.dir)
+    _need_model(run_dir)
+    if args.resource_model == "report":
+        _need_vendor_reports(run_dir)
+    output = Path(args.output) if args.output else None
+    run, report = estimate_existing(
+        _config(args, run_dir), args.resource_model, backend=args.firmware, output=output
+    )
+    if output is not None:
+        t = report.totals()
+        print(
+            f"{report.source}: LUT {t['lut']:,.0f}, FF {t['ff']:,.0f}, DSP {t['dsp']:,.0f}, "
+            f"BRAM 18K {t['bram']:,.0f} → {output}"
+        )
+        return 0
+    _print_summary(run, args)
+    return 0
 
 
 def _need_vendor_reports(run_dir: Path) -> None:
@@ -328,15 +374,25 @@ def _need_vendor_reports(run_dir: Path) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    import shutil
+
     from fitc.backends.synth import synthesize
     from fitc.pipeline import open_run
-    from fitc.rundir import write_json
+    from fitc.rundir import building_dir, write_json
 
     run_dir = Path(args.dir)
+    tool = args.tool or ("yosys" if (run_dir / "rtl.json").is_file() else "hls")
+    if tool == "yosys":
+        return _synth_yosys(args, run_dir)
     _need(run_dir, "hls4ml.json", "hls4ml project", f"fitc lower {run_dir}")
     run = open_run(_config(args, run_dir))
-    report = synthesize(run.dir / "hls4ml", run.hardware)
-    write_json(run.dir / "resources_synth.json", report.to_dict())
+    # One writer; the tools write their reports into a copy of the project, renamed into place
+    # when they succeed: a killed or failed synthesis leaves the project as it was.
+    with run.dir.writing():
+        with building_dir(run.dir / "hls4ml") as work:
+            shutil.copytree(run.dir / "hls4ml", work, symlinks=True, dirs_exist_ok=True)
+            report = synthesize(work, run.hardware)
+        write_json(run.dir / "resources_synth.json", report.to_dict())
     print(
         f"{report.source}: LUT {report.lut:,.0f}, FF {report.ff:,.0f}, DSP {report.dsp:,.0f}, "
         f"BRAM 18K {report.bram_18k:,.0f}, latency {report.latency_cycles:,.0f} cycles "
@@ -346,6 +402,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"next: fitc estimate {run_dir} --model report   # the vendor numbers as the run's resources"
     )
     print(f"      fitc report {run_dir}                    # report.md and plots/")
+    return 0
+
+
+def _synth_yosys(args: argparse.Namespace, run_dir: Path) -> int:
+    from fitc.backends.yosys import load_yosys_report
+    from fitc.followup import synth_existing
+
+    _need_model(run_dir)
+    _need(run_dir, "rtl.json", "RTL", f"fitc lower {run_dir} --backend rtl")
+    run = synth_existing(_config(args, run_dir))
+    rep = load_yosys_report(run.dir / "rtl")
+    carry = ", ".join(f"{v:,} {k}" for k, v in rep.carry.items()) or "no carry cells"
+    print(
+        f"Yosys ({rep.family}, before place and route): LUT {rep.lut:,}, FF {rep.ff:,}, {carry}, "
+        f"DSP {rep.dsp:,}, BRAM 18K {rep.bram_18k:,} in {rep.wall_time_s:.0f} s "
+        f"→ {run.dir / 'rtl' / 'yosys_stat.json'}"
+    )
+    print(
+        f"next: fitc estimate {run_dir} --model yosys   # the netlist's counts as the run's resources"
+    )
     return 0
 
 
@@ -382,9 +458,15 @@ EXAMPLES = {
         "fitc verify runs/mlp",
         "fitc verify --onnx runs/mlp/model.qonnx.onnx --inputs X.npy --labels y.npy",
     ],
-    "lower": ["fitc lower runs/mlp --io-type io_stream --strategy resource --reuse-factor 4"],
-    "estimate": ["fitc estimate runs/mlp --model analytical"],
-    "synth": ["fitc synth runs/mlp"],
+    "lower": [
+        "fitc lower runs/mlp --io-type io_stream --strategy resource --reuse-factor 4",
+        "fitc lower runs/mlp --backend rtl --latency-cutoff 5",
+    ],
+    "estimate": [
+        "fitc estimate runs/mlp --model analytical",
+        "fitc estimate runs/mlp --model yosys",
+    ],
+    "synth": ["fitc synth runs/mlp", "fitc synth runs/mlp --tool yosys"],
     "report": ["fitc report runs/mlp"],
     "sweep": [
         "fitc sweep --model digits-mlp --budget size=1/16,1/32 --strategy latency,da "
@@ -484,14 +566,34 @@ def build_parser() -> argparse.ArgumentParser:
     _general(p, json_out=True)
     p.set_defaults(func=cmd_verify)
 
-    p = _sub(sub, "lower", "lower a run's QONNX graph through hls4ml and check its C++ emulation")
+    p = _sub(
+        sub,
+        "lower",
+        "lower a run's plan to firmware (hls4ml project or RTL) and check its emulation",
+        "Lower the plan the run holds through hls4ml (C++ emulation) or to Verilog (--backend "
+        "rtl, simulated with Verilator), checked bit for bit against the QONNX graph. Other "
+        "hardware options lower the same plan (it is said when the plan no longer fits the "
+        "budget under them) and are not recorded as the run's config; --replan searches and "
+        "fine-tunes a plan for them instead.",
+    )
     p.add_argument("dir", help="run directory")
     _hw_args(p)
+    p.add_argument(
+        "--replan",
+        action="store_true",
+        help="search and fine-tune again for these hardware options (recorded as the run's)",
+    )
     _general(p, config=True, json_out=True)
-    p.set_defaults(func=cmd_stage("lower"))
+    p.set_defaults(func=cmd_lower)
 
     models = config_choices("resource_model")
-    p = _sub(sub, "estimate", "estimate a run's FPGA resources (LUT, FF, DSP, BRAM, latency)")
+    p = _sub(
+        sub,
+        "estimate",
+        "estimate a run's FPGA resources (LUT, FF, DSP, BRAM, latency)",
+        "Cost the firmware the run holds (never re-runs a stage, never changes the run's "
+        "config); the report goes to resources.json, labelled with its model, only on success.",
+    )
     p.add_argument("dir", help="run directory")
     p.add_argument(
         "--model",
@@ -499,10 +601,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_canonical(models),
         choices=models,
         help="resource model: analytical (fast), da4ml (adder graphs, default), report (the "
-        "vendor reports `fitc synth DIR` writes)",
+        "vendor reports `fitc synth DIR` writes), yosys (the netlist of `fitc synth DIR --tool "
+        "yosys`: open-source synthesis before place and route)",
+    )
+    p.add_argument(
+        "--firmware",
+        choices=("hls4ml", "rtl"),
+        help="which lowered firmware to cost (default: the one lowered last)",
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE only (run directory untouched)"
     )
     _general(p, json_out=True)
-    p.set_defaults(func=cmd_stage("estimate"))
+    p.set_defaults(func=cmd_estimate)
 
     from fitc.report import add_report_arguments
     from fitc.sweep import add_sweep_arguments
@@ -526,9 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         sub,
         "synth",
-        "synthesize a run's hls4ml project with Vitis/Vivado HLS (needs the vendor tools)",
+        "synthesize a run's firmware: the hls4ml project with Vitis/Vivado HLS (vendor tools), "
+        "or the RTL with Yosys (open source, installed with fitc)",
     )
     p.add_argument("dir", help="run directory")
+    p.add_argument(
+        "--tool",
+        choices=("hls", "yosys"),
+        help="hls: Vitis/Vivado HLS on the hls4ml project; yosys: synth_xilinx on the RTL for "
+        "the part's family (default: yosys if the run has RTL, else hls)",
+    )
     _general(p)
     p.set_defaults(func=cmd_synth)
     return parser

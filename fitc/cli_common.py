@@ -27,6 +27,10 @@ _NOT_CONFIG = {
     "reference",
     "labels",
     "resource_model_cli",
+    "replan",
+    "output",
+    "firmware",
+    "tool",
 }
 
 

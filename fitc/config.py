@@ -51,8 +51,10 @@ class RunConfig:
     device: str | None = None  # device preset (e.g. xc7z020); with `fraction` → hardware budgets
     fraction: float | None = None
     weight_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
-    act_bits: tuple[int, ...] = (8,)
-    per_layer_prune: bool = False
+    # None: by the budget (fitc.space.default_act_bits): searched 8…2 under a hardware budget,
+    # whose cost depends on activation widths, fixed at 8 under size/BOPs budgets
+    act_bits: tuple[int, ...] | None = None
+    per_layer_prune: bool = True  # each layer its own pruning ladder (False: one global ladder)
     fisher_method: str = "per_sample"  # "per_sample" | "batch"
     fisher_max_batches: int = 20
     algorithm: str = "greedy"  # "greedy" | "astar"
@@ -60,14 +62,17 @@ class RunConfig:
     refresh_every: int = 10  # re-estimate the Fisher every k expansions; 0 = never
     # fine-tuning
     finetune_epochs: int = 30
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 1e-2
     optimizer: str = "adam"
     schedule: str = "cosine"
     # hardware
-    backend: str = "Vitis"
+    backend: str = "Vitis"  # hls4ml's Vitis or Vivado HLS, or "rtl" (da4ml Verilog)
+    latency_cutoff: float = -1.0  # rtl: da4ml delay per pipeline stage; ≤ 0 combinational
     part: str | None = None  # None: the device's part, else xc7z020clg400-1
     clock_ns: float = 5.0
-    io_type: str = "io_parallel"
+    # "auto": by the network (fitc.backends.hls.io_rule: CNNs with a feature map > 1024 values
+    # stream), resolved by the run; io_parallel | io_stream: as given
+    io_type: str = "auto"
     strategy: str = "Latency"
     reuse_factor: int = 1
     resource_model: str = "da4ml"  # the accurate model the loop checks against
@@ -107,6 +112,9 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be a finite number {'> 0' if positive else '≥ 0'}, got {v}"
                 )
+        for key in _ANY_FLOATS:
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"{key} must be a finite number, got {getattr(self, key)}")
         if self.part is not None:
             try:
                 check_part(self.part)
@@ -114,6 +122,8 @@ class RunConfig:
                 raise ConfigError(f"{e} (a board preset goes in --device, e.g. pynq-z2)") from None
         for key in ("weight_bits", "act_bits"):
             bits = getattr(self, key)
+            if bits is None and key == "act_bits":
+                continue
             if not bits or any(not (2 <= b <= 16) for b in bits):
                 raise ConfigError(
                     f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}"
@@ -124,14 +134,24 @@ class RunConfig:
     def budgets(self) -> list[Budget]:
         return [Budget.parse(b) for b in self.budget]
 
+    @property
+    def firmware_backend(self) -> str:
+        """The backend the run builds: ``backend``, but the RTL when Yosys costs the design
+        (the yosys resource model synthesizes the RTL, so that is the firmware it prices)."""
+        return "rtl" if self.resource_model == "yosys" else self.backend
+
     def hardware(self) -> HardwareConfig:
+        """The firmware's hardware config. The RTL backend is da4ml's fully parallel adder
+        graphs: strategy distributed_arithmetic, io_parallel, reuse factor 1 whatever is set."""
+        rtl = self.firmware_backend == "rtl"
         return HardwareConfig(
             part=self.part or "xc7z020clg400-1",
             clock_period_ns=float(self.clock_ns),
-            backend=self.backend,
-            io_type=self.io_type,
-            strategy=self.strategy,
-            reuse_factor=int(self.reuse_factor),
+            backend=self.firmware_backend,
+            # "auto" is resolved per network by the run (Run.hardware); io_parallel until then
+            io_type="io_parallel" if rtl or self.io_type == "auto" else self.io_type,
+            strategy="distributed_arithmetic" if rtl else self.strategy,
+            reuse_factor=1 if rtl else int(self.reuse_factor),
         )
 
     def run_dir(self) -> Path:
@@ -179,14 +199,18 @@ _INT_RANGES = {
 _MAX_WIDTH = 2**16  # a hidden layer wider than this fits on no FPGA, and may not fit in memory
 # Float options: True = must be > 0, False = must be ≥ 0; always finite.
 _FLOATS = {"train_lr": True, "finetune_lr": True, "lam": False, "clock_ns": True}
+# Float options that may be negative (finite only).
+_ANY_FLOATS = ("latency_cutoff",)
 
 _CHOICES = {
+    "io_type": ("auto", "io_parallel", "io_stream"),
     "fisher_method": ("per_sample", "batch"),
     "algorithm": ("greedy", "astar"),
     "optimizer": ("adam", "sgd"),
     "schedule": ("cosine", "none"),
     "until": ("train", "search", "finetune", "export", "lower", "estimate"),
-    "resource_model": ("analytical", "da4ml", "report"),
+    "resource_model": ("analytical", "da4ml", "report", "yosys"),
+    "backend": ("Vitis", "Vivado", "rtl"),
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -50,13 +50,17 @@ class LoopDecision:
 
 
 def fits(measured: dict[str, float], targets: dict[str, float]) -> bool | None:
-    """Whether ``measured`` totals meet every hardware target (None: no hardware target)."""
-    from fitc.artifacts import HARDWARE_KINDS
+    """Whether ``measured`` meets every target it measures (None: it measures none).
 
-    hw = {k: v for k, v in targets.items() if k in HARDWARE_KINDS}
-    if not hw:
+    The one place fit/no-fit is decided: the closed loop, the estimate stage (``run.json``'s
+    ``fits``) and the summary all call it. ``measured`` maps budget kinds (``lut``, ``ff``,
+    ``dsp``, ``bram``, ``latency``, ``size``, ``bops``) to values; a target of a kind it does not
+    hold is not judged here."""
+    judged = {k: v for k, v in targets.items() if k in measured}
+    if not judged:
         return None
-    return all(measured[k] <= v for k, v in hw.items())
+    return all(float(measured[k]) <= v + (1e-12 if k in ("size", "bops") else 0.0)
+               for k, v in judged.items())  # fmt: skip
 
 
 def overshoot(measured: dict[str, float], targets: dict[str, float]) -> float:
@@ -94,10 +98,10 @@ def next_step(
         if worst > before * (1.0 - min_improvement):
             return LoopDecision(True, "stalled")
 
-    calibration = {
+    calibration = {  # a layer the accurate model found free (all its logic dead) keeps its cost
         name: lut / last.fast_layers_raw[name]
         for name, lut in last.accurate_layers.items()
-        if last.fast_layers_raw.get(name, 0) > 0
+        if last.fast_layers_raw.get(name, 0) > 0 and lut > 0
     }
     limits = dict(last.limits)
     if last.calibrated:

@@ -1,6 +1,6 @@
 """The fitc pipeline, top to bottom.
 
-    train → search → fine-tune → export → verify → lower → estimate
+    train → search → fine-tune → export → verify → lower (hls4ml | RTL [→ Yosys]) → estimate
 
 With a hardware budget (``--budget lut=…``, ``--device xc7z020 --fraction 0.25``) search and
 fine-tune become the closed loop: search against the fast (analytical) resource model, build and
@@ -21,6 +21,8 @@ Artifacts in the run directory:
   model.qonnx.onnx    the QONNX graph; model.qcdq.onnx its onnxruntime twin (≤ 8 bits)
   equivalence.json    Brevitas ≡ qonnx ≡ onnxruntime, per hop and per layer
   hls4ml/             the hls4ml project and its C++ emulation (hls4ml.json: precisions, check)
+  rtl/                or the RTL (--backend rtl: da4ml Verilog; rtl.json: ports, Verilator check),
+                      with Yosys' netlist counts once synthesized (rtl/yosys_stat.json)
   resources.json      the accurate resource report; loop.json the closed loop's iterations
   run.json            config, versions, stages with wall times and output sha256, metrics
 """
@@ -35,9 +37,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fitc.artifacts import HARDWARE_KINDS, Budget, CompressionPlan, HardwareConfig, ResourceReport
 from fitc.config import RunConfig
@@ -54,11 +54,18 @@ from fitc.rundir import (
     write_json,
 )
 
+if TYPE_CHECKING:  # torch is imported where it is used: a refused command stays quick
+    import torch
+
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "search", "finetune", "export", "verify", "lower", "estimate")
 DEFAULT_BUDGET = "size=1/16"
 PLAN_FILES = ("plan.json", "masks.pt", "model.pt")
+# The closed loop searches its hardware limits times this: the fast model, even calibrated on the
+# last design, misses a new design's accurate LUT by a few % (digits-mlp at 10 % of an xc7z020,
+# activation bits searched: 1–2.5 % over after recalibration, where the loop stops as stalled).
+LOOP_HEADROOM = 0.97
 
 
 @dataclass
@@ -67,7 +74,8 @@ class Run:
 
     cfg: RunConfig
     dir: RunDir
-    last_fp: str = ""
+    fps: dict[str, str] = field(default_factory=dict)  # stage → fingerprint, this command's
+    last_stage: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     module: torch.nn.Module | None = None  # a model handed in from Python (fitc.compress)
 
@@ -127,7 +135,21 @@ class Run:
             from fitc.backends.devices import get_device
 
             hw = dataclasses.replace(hw, part=get_device(self.cfg.device).part)
+        if hw.backend != "rtl" and hw.io_type != self.io_choice.io_type:
+            hw = dataclasses.replace(hw, io_type=self.io_choice.io_type)
         return hw
+
+    @cached_property
+    def io_choice(self):
+        """The hls4ml io type and why (``io_type: auto`` is decided by the network's size, see
+        :mod:`fitc.backends.hls.io_rule`)."""
+        from fitc.backends.hls.io_rule import io_choice_for
+
+        model = self.network.compiled_fresh(self.cfg.seed) if self.cfg.io_type == "auto" else None
+        choice = io_choice_for(model, self.spec.input_shape, self.cfg.io_type)
+        if self.cfg.io_type == "auto":
+            log.info("io type %s (%s)", choice.io_type, choice.reason)
+        return choice
 
     def data_fingerprint(self) -> Any:
         d = self.cfg.data
@@ -149,6 +171,8 @@ class Run:
 
     @cached_property
     def fisher(self):
+        import torch
+
         from fitc.fisher import Fisher, estimate_fisher
 
         cfg = self.cfg
@@ -217,13 +241,23 @@ class Run:
             self.__dict__.pop(name, None)
 
     def stage(
-        self, name: str, inputs: tuple, outputs: list[str], fn, *, optional=(), dirs=()
+        self,
+        name: str,
+        inputs: tuple,
+        outputs: list[str],
+        fn,
+        *,
+        after: str | None = "",
+        optional=(),
+        dirs=(),
     ) -> bool:
-        """Run stage ``name`` unless done; its fingerprint chains the previous stage's.
-        ``optional``: files it may write; ``dirs``: its working directories (see RunDir)."""
-        fp = fingerprint(name, self.last_fp, *inputs)
-        self.last_fp = fp
-        return self.dir.run_stage(name, fp, outputs, fn, optional=optional, dirs=dirs)
+        """Run stage ``name`` unless done; its fingerprint chains the stage it depends on:
+        ``after`` (default: the stage run before it). ``optional``: files it may write;
+        ``dirs``: its working directories (see RunDir)."""
+        parent = self.last_stage if after == "" else after
+        fp = fingerprint(name, self.fps.get(parent, "") if parent else "", *inputs)
+        self.fps[name], self.last_stage = fp, name
+        return self.dir.run_stage(name, fp, outputs, fn, optional=optional, dirs=dirs, after=parent)
 
     def identity(self) -> dict[str, Any]:
         """Which run this is: a run directory recording another identity holds another run."""
@@ -240,14 +274,22 @@ class Run:
         }
 
 
-def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None, force: bool = False) -> Run:
+def open_run(
+    cfg: RunConfig,
+    *,
+    module: torch.nn.Module | None = None,
+    force: bool = False,
+    record: dict[str, Any] | None = None,
+) -> Run:
     """Validate the model, data and budgets first, so bad input leaves no run directory behind.
 
     ``module`` is a network handed in from Python (:func:`fitc.compress`) instead of
     ``cfg.model``. A recorded run whose model file changed or vanished is refused (unless
     ``force``), and so is a new run inside another run's directory. Nothing is written here: the
     first stage that runs claims the directory (one writer; another run there is refused unless
-    ``force``, which deletes it: see :class:`~fitc.rundir.RunDir`).
+    ``force``, which deletes it: see :class:`~fitc.rundir.RunDir`). ``record``: the config to
+    record in ``run.json`` (default ``cfg``'s; a command working on a finished run keeps the
+    recorded one, so its own options are not persisted).
     """
     run = Run(cfg, dir=None, module=module)  # type: ignore[arg-type]
     recorded = cfg.run_dir() / "run.json"
@@ -259,8 +301,8 @@ def open_run(cfg: RunConfig, *, module: torch.nn.Module | None = None, force: bo
         source = read_json(recorded).get("model_source")
         check_recorded_source(source, cfg.model, cfg.model_args, cfg.run_dir())
     _ = run.spec, run.data, run.targets, run.hardware
-    config = cfg.to_dict()
-    if run.source.kind == "object":
+    config = cfg.to_dict() if record is None else record
+    if run.source.kind == "object" and record is None:
         config["model"] = run.source.ref
     inputs = [cfg.data, cfg.weights, cfg.float_from, cfg.fisher_from, run.source.path]
     run.dir = RunDir(
@@ -310,8 +352,10 @@ def run_pipeline(
             verify(run)
         if last >= STAGES.index("lower"):
             lower(run)
+            if cfg.resource_model == "yosys" and last >= STAGES.index("estimate"):
+                synth_yosys(run)
         if last >= STAGES.index("estimate"):
-            estimate(run)
+            estimate(run, firmware=firmware_stage(run.hardware.backend))
     return run
 
 
@@ -397,7 +441,7 @@ def _search_inputs(run: Run) -> tuple:
         run.targets,
         Path(c.fisher_from) if c.fisher_from else None,
         c.weight_bits,
-        c.act_bits,
+        act_ladder(run),
         c.per_layer_prune,
         c.fisher_method,
         c.fisher_max_batches,
@@ -458,7 +502,7 @@ def closed_loop(run: Run) -> None:
         while True:
             k = len(history) + 1
             t0 = time.perf_counter()
-            budget, cost = search_cost(decision.limits, hw, calibration)
+            budget, cost = search_cost(_with_headroom(decision.limits), hw, calibration)
             it_dir = work / f"iter{k}"
             try:
                 plan, timings = _search_once(run, budget, cost, it_dir)
@@ -471,7 +515,7 @@ def closed_loop(run: Run) -> None:
                 reason = "infeasible"
                 break
             metrics_of[k] = {**_finetune_once(run, plan, run.masks, it_dir), **timings}
-            accurate = measure_resources(run, plan, run.qmodel, accurate_model)
+            accurate = measure_resources(run, plan, run.qmodel, accurate_model, dest=it_dir)
             history.append(
                 record_iteration(
                     k, decision, calibration, plan, hw, accurate, metrics_of[k],
@@ -541,7 +585,23 @@ def export(run: Run) -> None:
     run.stage("export", (), ["model.qonnx.onnx", "export.json"], fn, optional=["model.qcdq.onnx"])
 
 
+#: Rows at the edges of the input quantizer (ties, ±1 step, huge and tiny values) every hop is
+#: also checked on, besides the test split (the RTL's check adds as many).
+EDGE_ROWS = 64
+
+
+def range_edges(run: Run):
+    """The range-edge rows of this run's network, and dummy labels for the checks' accuracies."""
+    import numpy as np
+
+    from fitc.export import range_edge_inputs
+
+    X = range_edge_inputs(run.qmodel, tuple(run.spec.input_shape), EDGE_ROWS, seed=run.cfg.seed)
+    return X, np.zeros(len(X), dtype=np.int64)
+
+
 def verify(run: Run) -> None:
+    """Brevitas ≡ qonnx ≡ onnxruntime, bit for bit, on the test split and on range-edge rows."""
     from fitc.export import check_equivalence, verify_chain
 
     def fn() -> dict:
@@ -553,19 +613,25 @@ def verify(run: Run) -> None:
             plan=run.plan,
             masks=run.masks,
         )
+        edges = verify_chain(run.qmodel, run.exported, *range_edges(run))
         write_json(run.dir / "equivalence.json", report.to_dict())
         check_equivalence(report)
-        return {"equivalence": report.to_dict()}
+        check_equivalence(edges)
+        return {"equivalence": report.to_dict(), "equivalence_range_edge": edges.to_dict()}
 
-    run.stage("verify", (), ["equivalence.json"], fn)
+    run.stage("verify", (EDGE_ROWS,), ["equivalence.json"], fn)
 
 
 def lower(run: Run) -> None:
+    """The firmware of the run's backend: an hls4ml project, or the RTL (:func:`lower_rtl`)."""
     from fitc.artifacts import check_reuse_factor
     from fitc.backends.hls import emulation_check
     from fitc.backends.hls import lower as lower_graph
 
     hw = run.hardware
+    if hw.backend == "rtl":
+        lower_rtl(run)
+        return
 
     def fn() -> dict:
         qonnx_path = Path(run.exported.qonnx_path)
@@ -573,38 +639,193 @@ def lower(run: Run) -> None:
             qonnx_path, run.dir / "hls4ml", hw, plan=run.plan, layer_map=run.exported.layer_map
         )
         hop = emulation_check(project, qonnx_path, run.data.X_test, run.data.y_test)
+        edges = emulation_check(project, qonnx_path, *range_edges(run))
         write_json(
-            run.dir / "hls4ml.json", {"project": project.to_dict(), "emulation": hop.to_dict()}
+            run.dir / "hls4ml.json",
+            {"project": project.to_dict(), "emulation": hop.to_dict(), **run.io_choice.to_dict()},
         )
-        if not hop.exact:
-            raise EquivalenceError(
-                f"hls4ml emulation differs from the QONNX graph {qonnx_path}: max |diff| "
-                f"{hop.max_abs_diff}, identical rows {hop.identical_rows:.3f}"
-            )
-        return {"emulation": hop.to_dict(), "hls_compile_time_s": project.compile_time_s}
+        for h, rows in ((hop, "test"), (edges, "range-edge")):
+            if not h.exact:
+                raise EquivalenceError(
+                    f"hls4ml emulation differs from the QONNX graph {qonnx_path} on {rows} rows: "
+                    f"max |diff| {h.max_abs_diff}, identical rows {h.identical_rows:.3f}"
+                )
+        return {
+            "emulation": hop.to_dict(),
+            "emulation_range_edge": edges.to_dict(),
+            "hls_compile_time_s": project.compile_time_s,
+            **run.io_choice.to_dict(),
+            **_fit_under(run, hw),
+        }
 
     check_reuse_factor(
         hw, [(lp.name, lp.fan_in, lp.n_weights // lp.fan_in) for lp in run.plan.layers]
     )
-    run.stage("lower", (hw.to_dict(),), ["hls4ml.json"], fn, dirs=["hls4ml"])
+    run.stage(
+        "lower", (hw.to_dict(), EDGE_ROWS), ["hls4ml.json"], fn, after="verify", dirs=["hls4ml"]
+    )
 
 
-def estimate(run: Run, model: str | None = None) -> ResourceReport:
-    """Resources of the final design by the accurate model (and the fast one, for comparison)."""
+def lower_rtl(run: Run) -> None:
+    """The plan as Verilog through da4ml (``rtl/``), and the RTL hop: Verilator ≡ qonnx."""
+    from fitc.backends.rtl import rtl_check, write_rtl
+
+    hw, cutoff = run.hardware, run.cfg.latency_cutoff
+
+    def fn() -> dict:
+        project = write_rtl(
+            run.qmodel,
+            run.plan,
+            run.dir / "rtl",
+            latency_cutoff=cutoff,
+            clock_period_ns=hw.clock_period_ns,
+            input_shape=run.spec.input_shape,
+            part=hw.part,
+        )
+        hop = rtl_check(project, run.exported.qonnx_path, run.data.X_test, run.data.y_test)
+        write_json(
+            run.dir / "rtl.json",
+            {"project": project.to_dict(), "hardware": hw.to_dict(), "emulation": hop.to_dict()},
+        )
+        if not hop.exact:
+            raise EquivalenceError(
+                f"the RTL (Verilator) differs from the QONNX graph {run.exported.qonnx_path}: "
+                f"max |diff| {hop.max_abs_diff}, identical rows {hop.identical_rows:.3f}"
+            )
+        return {
+            "rtl_emulation": hop.to_dict(),
+            "rtl_latency_cycles": project.latency_cycles,
+            **_fit_under(run, hw),
+        }
+
+    run.stage("rtl", (hw.to_dict(), cutoff), ["rtl.json"], fn, after="verify", dirs=["rtl"])
+
+
+def synth_yosys(run: Run) -> None:
+    """Open-source synthesis of the RTL (Yosys ``synth_xilinx`` for the part's family)."""
+    from fitc.backends.yosys import STAT_JSON, load_yosys_report, synthesize_yosys
+
+    def fn() -> dict:
+        rtl = run.dir / "rtl"
+        chosen = (run.metrics.get("loop") or {}).get("chosen_iteration")
+        done = run.dir / "loop" / f"iter{chosen}" / "rtl"
+        if chosen and reuse_synthesis(done, rtl, run.hardware.part):
+            log.info("Yosys: the loop synthesized this very Verilog (%s); reusing it", done)
+            report = load_yosys_report(rtl)
+        else:
+            report = synthesize_yosys(rtl, run.hardware.part)
+        return {"yosys": {"lut": report.lut, "ff": report.ff, "wall_time_s": report.wall_time_s}}
+
+    run.stage("synth", (run.hardware.part,), [f"rtl/{STAT_JSON}"], fn, after="rtl")
+
+
+def reuse_synthesis(done: Path, rtl_dir: Path, part: str) -> bool:
+    """Copy Yosys' results from the RTL project ``done`` into ``rtl_dir`` when both hold the same
+    Verilog (byte for byte) synthesized for ``part``'s family; False (nothing copied) otherwise."""
+    import json
+
+    from fitc.backends.rtl import load_rtl_project
+    from fitc.backends.yosys import (
+        LOG_NAME,
+        RAW_STAT_JSON,
+        STAT_JSON,
+        load_yosys_report,
+        xilinx_family,
+    )
+    from fitc.rundir import write_text
+
+    if not (done / STAT_JSON).is_file():
+        return False
+    old, new = load_rtl_project(done), load_rtl_project(rtl_dir)
+    if old.verilog_sources != new.verilog_sources or load_yosys_report(done).family != (
+        xilinx_family(part)
+    ):
+        return False
+    if any((done / f).read_bytes() != (rtl_dir / f).read_bytes() for f in new.verilog_sources):
+        return False
+    for name in (LOG_NAME, RAW_STAT_JSON):
+        if (done / name).is_file():
+            copy_file(done / name, rtl_dir / name)
+    stat = json.loads((done / STAT_JSON).read_text())
+    write_text(rtl_dir / STAT_JSON, json.dumps({**stat, "rtl_dir": str(rtl_dir)}, indent=2))
+    return True
+
+
+#: The stage that builds each backend's firmware.
+FIRMWARE_STAGES = {"Vitis": "lower", "Vivado": "lower", "rtl": "rtl"}
+
+
+def firmware_stage(backend: str) -> str:
+    return FIRMWARE_STAGES[backend]
+
+
+def firmware_hardware(run: Run, stage: str | None) -> HardwareConfig:
+    """The hardware the firmware built by ``stage`` was made for (``run.hardware`` if None)."""
+    if stage is None or stage not in run.dir.stages:
+        return run.hardware
+    record = read_json(run.dir.checked("hls4ml.json" if stage == "lower" else "rtl.json"))
+    hw = record["project"]["hardware"] if stage == "lower" else record["hardware"]
+    return HardwareConfig.from_dict(hw)
+
+
+def _fit_under(run: Run, hw: HardwareConfig) -> dict[str, Any]:
+    """Whether the plan still fits the hardware budget under the firmware ``hw`` builds (the fast
+    model's word; the plan was searched for ``run.cfg``'s hardware), warning when it does not."""
+    from fitc.backends.resources import AnalyticalModel
+    from fitc.loop import fits
+
+    if not run.hardware_budget:
+        return {}
+    fast = AnalyticalModel().estimate(run.plan, hw).totals()
+    ok = fits(fast, run.targets)
+    if ok is False:
+        log.warning(
+            "under %s (%s, reuse factor %d) the plan no longer fits %s by the analytical estimate "
+            "(%s); `fitc lower %s … --replan` searches a plan for this firmware",
+            hw.backend, hw.strategy, hw.reuse_factor, run.targets,
+            {k: round(v) for k, v in fast.items() if k in run.targets}, run.dir.path,
+        )  # fmt: skip
+    return {"plan_fits_firmware": ok}
+
+
+def estimate(
+    run: Run, model: str | None = None, *, firmware: str | None = None, output: Path | None = None
+) -> ResourceReport:
+    """Resources of the final design by the accurate model (and the fast one, for comparison).
+
+    ``firmware``: the stage whose firmware is costed (``"lower"``: hls4ml, ``"rtl"``), its
+    hardware as it was built; None costs the plan for the run's hardware. ``yosys`` reads the
+    netlist counts of ``fitc synth DIR --tool yosys``; ``report`` the vendor reports. The report
+    goes to ``resources.json`` (a stage, recorded in ``run.json``) or, with ``output``, only to
+    that file. Nothing is written unless the estimate succeeds."""
     from fitc.backends.resources import AnalyticalModel
     from fitc.loop import fits
 
     name = model or run.cfg.resource_model
+    if name == "yosys":
+        firmware = "synth"
+    hw = firmware_hardware(run, "rtl" if firmware == "synth" else firmware)
 
-    def fn() -> dict:
-        report = measure_resources(run, run.plan, run.qmodel, name)
-        write_json(run.dir / "resources.json", report.to_dict())
-        fast = AnalyticalModel().estimate(run.plan, run.hardware)
+    def compute() -> dict:
+        report = measure_resources(run, run.plan, run.qmodel, name, hw=hw, dest=run.dir.path)
+        fast = AnalyticalModel().estimate(run.plan, hw)
+        achieved = {k: run.metrics[f"achieved_{k}"] for k in ("size", "bops")
+                    if run.metrics.get(f"achieved_{k}") is not None}  # fmt: skip
         return {
             "resources": report.to_dict(),
             "resources_analytical": fast.totals(),
-            "fits": fits(report.totals(), run.targets),
+            "fits": fits({**achieved, **report.totals()}, run.targets),
         }
+
+    if output is not None:
+        metrics = compute()
+        write_json(output, metrics["resources"])
+        return ResourceReport.from_dict(metrics["resources"])
+
+    def fn() -> dict:
+        metrics = compute()
+        write_json(run.dir / "resources.json", metrics["resources"])
+        return metrics
 
     # Vendor reports change when the user synthesizes again: they are inputs of this stage.
     reports = (
@@ -612,7 +833,8 @@ def estimate(run: Run, model: str | None = None) -> ResourceReport:
         if name == "report"
         else []
     )
-    run.stage("estimate", (name, run.hardware.to_dict(), *reports), ["resources.json"], fn)
+    after = firmware if firmware else run.last_stage
+    run.stage("estimate", (name, hw.to_dict(), *reports), ["resources.json"], fn, after=after)
     return ResourceReport.from_dict(read_json(run.dir / "resources.json"))
 
 
@@ -637,18 +859,33 @@ def search_cost(limits: dict[str, float], hw: HardwareConfig, calibration: dict 
     return Budget("combined", 1.0), MaxRatioCost([(one(k), lim) for k, lim in limits.items()])
 
 
+def act_ladder(run: Run) -> tuple[int, ...]:
+    """The activation-bit ladder searched: the config's, or by the run's budget kinds
+    (:func:`fitc.space.default_act_bits`) when it gives none."""
+    from fitc.space import default_act_bits
+
+    return run.cfg.act_bits if run.cfg.act_bits is not None else default_act_bits(run.targets)
+
+
+def _with_headroom(limits: dict[str, float]) -> dict[str, float]:
+    """The closed loop's limits as searched: hardware ones times :data:`LOOP_HEADROOM`."""
+    return {k: v * LOOP_HEADROOM if k in HARDWARE_KINDS else v for k, v in limits.items()}
+
+
 def _search_once(
     run: Run, budget: Budget, cost, dest: Path
 ) -> tuple[CompressionPlan, dict[str, float]]:
     """Search a plan against ``cost`` ≤ ``budget``; write plan.json and masks.pt into ``dest``.
     Returns the plan and the search's timings (metrics: plan.json keeps them at 0, so that the
     same inputs give the same bytes)."""
+    import torch
+
     from fitc.search import search_plan
     from fitc.space import SearchSpace
 
     cfg = run.cfg
     space = SearchSpace(
-        weight_bits=cfg.weight_bits, act_bits=cfg.act_bits, per_layer_prune=cfg.per_layer_prune
+        weight_bits=cfg.weight_bits, act_bits=act_ladder(run), per_layer_prune=cfg.per_layer_prune
     )
     X, y = torch.from_numpy(run.data.X_train), torch.from_numpy(run.data.y_train)
     result = search_plan(
@@ -679,6 +916,8 @@ def _search_once(
 
 def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> dict[str, Any]:
     """Build the plan with Brevitas, calibrate, fine-tune; write model.pt into ``dest``."""
+    import torch
+
     from fitc.build import (
         apply_plan,
         calibrate,
@@ -727,23 +966,56 @@ def _size_metrics(qmodel, plan: CompressionPlan) -> dict[str, float]:
 
 
 def measure_resources(
-    run: Run, plan: CompressionPlan, qmodel, model: str = "da4ml"
+    run: Run,
+    plan: CompressionPlan,
+    qmodel,
+    model: str = "da4ml",
+    *,
+    hw: HardwareConfig | None = None,
+    dest: Path | None = None,
 ) -> ResourceReport:
-    """The accurate resource report of a built design (da4ml, analytical, or vendor report)."""
+    """The accurate resource report of a built design (da4ml, analytical, Yosys, vendor report)
+    for ``hw`` (default the run's). ``yosys`` reads the counts saved in ``dest/rtl``; when there
+    are none (the closed loop's iterations) it writes the RTL there and synthesizes it first."""
     from fitc.backends.resources import get_resource_model, quant_input_types, quant_int_weights
 
+    hw = hw or run.hardware
     rm = get_resource_model(model)
     if model == "da4ml":
         return rm.estimate(
             plan,
-            run.hardware,
+            hw,
             weights=quant_int_weights(qmodel, [lp.name for lp in plan.layers]),
             input_types=quant_input_types(qmodel),
             progress=run.cfg.progress,
         )
     if model == "report":
-        return rm.estimate(plan, run.hardware, report_dir=run.dir / "hls4ml")
-    return rm.estimate(plan, run.hardware)
+        project = read_json(run.dir.checked("hls4ml.json"))["project"]
+        expect = {"top": project["project_name"], "part": hw.part, "layers": len(project["layers"])}
+        return rm.estimate(plan, hw, report_dir=run.dir / "hls4ml", expect=expect)
+    if model == "yosys":
+        from fitc.backends.yosys import STAT_JSON
+
+        rtl_dir = (dest or run.dir.path) / "rtl"
+        if dest is not None and dest != run.dir.path and not (rtl_dir / STAT_JSON).is_file():
+            from fitc.backends.rtl import write_rtl
+            from fitc.backends.yosys import synthesize_yosys
+
+            write_rtl(
+                qmodel,
+                plan,
+                rtl_dir,
+                latency_cutoff=run.cfg.latency_cutoff,
+                clock_period_ns=hw.clock_period_ns,
+                input_shape=run.spec.input_shape,
+                part=hw.part,
+            )
+            synthesize_yosys(rtl_dir, hw.part)
+            # The loop recalibrates the fast model per layer: split the netlist's totals by
+            # da4ml's per-layer costs (an apportionment, logged as such; never in resources.json).
+            rm = dataclasses.replace(rm, split_layers=True)
+        return rm.estimate(plan, hw, rtl_dir=rtl_dir)
+    return rm.estimate(plan, hw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,13 +1024,13 @@ def measure_resources(
 
 def sensitivity(cfg: RunConfig) -> list[dict[str, Any]]:
     """Per-layer FIT sensitivity of the run's float model (trained first if needed)."""
+    check_not_busy(cfg.run_dir())  # before the imports (torch): a refusal is quick
     from fitc.search import sensitivity_table
     from fitc.space import SearchSpace
 
-    check_not_busy(cfg.run_dir())
     run = open_run(cfg)
     with run.dir.writing():
         train(run)
     return sensitivity_table(
-        run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
+        run.fisher, SearchSpace(weight_bits=cfg.weight_bits, act_bits=act_ladder(run))
     )

@@ -35,7 +35,9 @@ KIND_NAMES = {
 }
 _PART_KINDS = ("lut", "ff", "dsp", "bram")  # what a part has a count of
 _REPORT_FIELD = {"lut": "lut", "ff": "ff", "dsp": "dsp", "bram": "bram_18k"}
-_STAGE_ORDER = ("train", "search", "loop", "finetune", "export", "verify", "lower", "estimate")
+_STAGE_ORDER = (
+    "train", "search", "loop", "finetune", "export", "verify", "lower", "rtl", "synth", "estimate"
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +119,8 @@ def run_summary(run_dir: str | Path, targets: dict[str, float] | None = None) ->
         out["accuracy"] = acc
     if hops:
         out["equivalence"] = hops
+    if "lower" in stages and m.get("io_type"):
+        out["firmware"] = {"io_type": m["io_type"], "why": m.get("io_type_reason", "")}
     out["next"] = _next_commands(d, cfg, stages, hw.get("backend") or cfg.get("backend"))
     return out
 
@@ -220,6 +224,7 @@ def resource_shares(
         "part": hw.get("part"),
         "device": (device or {}).get("name"),
         "strategy": hw.get("strategy"),
+        "backend": hw.get("backend"),
         "reuse_factor": hw.get("reuse_factor"),
         "clock_period_ns": hw.get("clock_period_ns"),
         "kinds": kinds,
@@ -270,32 +275,37 @@ def _loop(d: Path, summary: dict[str, Any], targets: dict[str, float]) -> dict[s
 def _fits(
     targets: dict[str, float], achieved: dict[str, float], resources: dict[str, Any] | None
 ) -> bool | None:
-    """Whether every budget is met by what was measured (None: nothing measured yet)."""
-    verdicts = []
-    for kind, limit in targets.items():
-        if kind in achieved:
-            verdicts.append(achieved[kind] <= limit + 1e-12)
-        elif resources is not None and kind in _REPORT_FIELD:
-            used = next(k["used"] for k in resources["kinds"] if k["kind"] == kind)
-            verdicts.append(used <= limit)
-        elif resources is not None and kind == "latency":
-            verdicts.append(float(resources["latency_cycles"]) <= limit)
-    return all(verdicts) if verdicts else None
+    """Whether every budget is met by what was measured (None: nothing measured yet), decided
+    by :func:`fitc.loop.fits`, as the estimate stage decides it for ``run.json``."""
+    from fitc.loop import fits
+
+    measured = dict(achieved)
+    if resources is not None:
+        measured.update({k["kind"]: k["used"] for k in resources["kinds"]})
+        measured["latency"] = float(resources["latency_cycles"])
+    return fits(measured, targets)
+
+
+_EDGE = " (range-edge rows)"
 
 
 def _hops(m: dict[str, Any]) -> list[dict[str, Any]]:
-    hops = list((m.get("equivalence") or {}).get("hops", []))
-    if isinstance(m.get("emulation"), dict):
-        hops.append(m["emulation"])
+    hops = [(h, "") for h in (m.get("equivalence") or {}).get("hops", [])]
+    for key in ("emulation", "rtl_emulation"):  # hls4ml's C++ emulation, the RTL's Verilator
+        if isinstance(m.get(key), dict):
+            hops.append((m[key], ""))
+    edges = [(h, _EDGE) for h in (m.get("equivalence_range_edge") or {}).get("hops", [])]
+    if isinstance(m.get("emulation_range_edge"), dict):
+        edges.append((m["emulation_range_edge"], _EDGE))
     return [
         {
-            "hop": f"{h['a']} → {h['b']}",
+            "hop": f"{h['a']} → {h['b']}{where}",
             "exact": h["max_abs_diff"] == 0 and h["identical_rows"] == 1,
             "max_abs_diff": h["max_abs_diff"],
             "identical_rows": h["identical_rows"],
             "n_samples": h["n_samples"],
         }
-        for h in hops
+        for h, where in hops + edges
     ]
 
 
@@ -304,12 +314,26 @@ def _next_commands(
 ) -> list[dict[str, str]]:
     q = shlex.quote(str(d))
     if "estimate" in stages:
-        return [
-            {"command": f"fitc report {q}", "why": "report.md and plots/"},
-            {
+        synth = (
+            {"command": f"fitc synth {q} --tool yosys", "why": "open-source synthesis of the RTL"}
+            if "rtl" in stages and "synth" not in stages
+            else {
                 "command": f"fitc synth {q}",
                 "why": f"vendor synthesis (needs {backend or 'Vitis'} HLS on PATH)",
-            },
+            }
+            if "lower" in stages
+            else None
+        )
+        return [
+            {"command": f"fitc report {q}", "why": "report.md and plots/"},
+            *filter(None, [synth]),
+        ]
+    if "synth" in stages:
+        return [{"command": f"fitc estimate {q} --model yosys", "why": "the netlist's counts"}]
+    if "rtl" in stages:
+        return [
+            {"command": f"fitc synth {q} --tool yosys", "why": "Yosys netlist of the RTL"},
+            {"command": f"fitc estimate {q}", "why": "FPGA resources of the design"},
         ]
     if "lower" in stages:
         return [{"command": f"fitc estimate {q}", "why": "FPGA resources of the design"}]
@@ -410,14 +434,24 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     elif s.get("plan") and s["plan"].get("cost") is not None:
         add("planned", _planned_text(s["plan"]))
 
+    if s.get("firmware"):
+        fw = s["firmware"]
+        add(
+            "firmware",
+            f"hls4ml project, {fw['io_type']}" + (f" ({fw['why']})" if fw["why"] else ""),
+        )
     res = s.get("resources")
     if res is not None:
         on = f"{res['device']} ({res['part']})" if res.get("device") else res["part"]
-        add(
-            "resources",
-            f"{res['source']} estimate: {res['strategy']}, reuse factor {res['reuse_factor']}, "
-            f"on {on}",
-        )
+        if res["source"] == "yosys":
+            what = "Yosys netlist of the RTL (open-source synthesis, before place and route)"
+        elif res.get("backend") == "rtl":
+            what = f"{res['source']} estimate of the RTL (da4ml adder graphs)"
+        else:
+            what = (
+                f"{res['source']} estimate: {res['strategy']}, reuse factor {res['reuse_factor']}"
+            )
+        add("resources", f"{what}, on {on}")
         lines.extend(_resource_lines(res, s["budget"]))
     if s.get("fits") is not None:
         add("fits", "yes: every budget is met" if s["fits"] else "NO: " + _misses(s))
@@ -444,7 +478,12 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         ]
         n = acc.get("n_test_samples")
         add("accuracy", " → ".join(steps) + (f" ({n} test samples)" if n else " (test split)"))
-    for i, h in enumerate(s.get("equivalence", [])):
+    hops = s.get("equivalence", [])
+    edges = [h for h in hops if h["hop"].endswith(_EDGE)]
+    if edges and all(h["exact"] for h in edges):  # one line for them
+        hops = [h for h in hops if h not in edges]
+        n = edges[0]["n_samples"]
+    for i, h in enumerate(hops):
         verdict = (
             "bit-exact"
             if h["exact"]
@@ -452,6 +491,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             f"{percent(h['identical_rows'])}"
         )
         add("bit-exact" if i == 0 else "", f"{h['hop']}: {verdict}")
+    if edges and all(h["exact"] for h in edges):
+        add("", f"the same {len(edges)} hops on {n} range-edge rows: bit-exact")
     width = max((len(n["command"]) for n in s.get("next", [])), default=0)
     for i, n in enumerate(s.get("next", [])):
         add("next" if i == 0 else "", f"{n['command']:<{width}}  # {n['why']}")

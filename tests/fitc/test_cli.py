@@ -194,9 +194,21 @@ def test_cli_tables_are_the_ones_hardware_config_accepts():
     from fitc.errors import ConfigError
 
     for backend in BACKENDS:
-        HardwareConfig(backend=backend)
+        if backend == "rtl":  # da4ml's adder graphs: the config picks their strategy
+            from fitc.config import RunConfig
+
+            assert RunConfig(backend="rtl").hardware().strategy == "distributed_arithmetic"
+            with pytest.raises(ConfigError, match="distributed_arithmetic"):
+                HardwareConfig(backend=backend)
+        else:
+            HardwareConfig(backend=backend)
     for io_type in IO_TYPES:
-        HardwareConfig(io_type=io_type)
+        if io_type == "auto":  # resolved per network by the run (fitc.backends.hls.io_rule)
+            from fitc.config import RunConfig
+
+            assert RunConfig(io_type="auto").hardware().io_type == "io_parallel"
+        else:
+            HardwareConfig(io_type=io_type)
     for strategy in strategies():
         HardwareConfig(strategy=strategy)
     for bad in ({"backend": "Quartus"}, {"io_type": "io_serial"}, {"strategy": "Fast"}):

@@ -52,7 +52,13 @@ def test_run_json_summary_parses_and_says_what_is_next(exported):
     assert s["budget"]["targets"] == {"size": 0.0625}
     assert s["achieved"]["size"] <= 0.0625 and s["fits"] is True
     assert set(s["accuracy"]) >= {"float", "built", "finetuned", "n_test_samples"}
-    assert [h["hop"] for h in s["equivalence"]] == ["brevitas → qonnx", "brevitas → onnxruntime"]
+    assert [h["hop"] for h in s["equivalence"]] == [
+        "brevitas → qonnx",
+        "brevitas → onnxruntime",
+        "brevitas → qonnx (range-edge rows)",
+        "brevitas → onnxruntime (range-edge rows)",
+    ]
+    assert all(h["exact"] for h in s["equivalence"])
     assert all(h["exact"] for h in s["equivalence"])
     assert s["next"][0]["command"] == f"fitc lower {d}"
 
