@@ -722,8 +722,6 @@ def synth_yosys(run: Run) -> None:
 def reuse_synthesis(done: Path, rtl_dir: Path, part: str) -> bool:
     """Copy Yosys' results from the RTL project ``done`` into ``rtl_dir`` when both hold the same
     Verilog (byte for byte) synthesized for ``part``'s family; False (nothing copied) otherwise."""
-    import json
-
     from fitc.backends.rtl import load_rtl_project
     from fitc.backends.yosys import (
         LOG_NAME,
@@ -732,7 +730,6 @@ def reuse_synthesis(done: Path, rtl_dir: Path, part: str) -> bool:
         load_yosys_report,
         xilinx_family,
     )
-    from fitc.rundir import write_text
 
     if not (done / STAT_JSON).is_file():
         return False
@@ -746,8 +743,7 @@ def reuse_synthesis(done: Path, rtl_dir: Path, part: str) -> bool:
     for name in (LOG_NAME, RAW_STAT_JSON):
         if (done / name).is_file():
             copy_file(done / name, rtl_dir / name)
-    stat = json.loads((done / STAT_JSON).read_text())
-    write_text(rtl_dir / STAT_JSON, json.dumps({**stat, "rtl_dir": str(rtl_dir)}, indent=2))
+    write_json(rtl_dir / STAT_JSON, {**read_json(done / STAT_JSON), "rtl_dir": str(rtl_dir)})
     return True
 
 
