@@ -122,7 +122,8 @@ def _pop(storage, study_id: int) -> int | None:
     Not ``Study.ask()``: in Optuna 5.0.0 it creates a *new* trial when no ``WAITING`` one is left,
     which would race with other workers and add empty trials to the ledger. This is the atomic
     call ``ask()`` uses internally, ``storage.set_trial_state_values(id, RUNNING)`` (returns False
-    or raises ``UpdateFinishedTrialError`` when another worker won).
+    or raises ``UpdateFinishedTrialError`` when another worker won). Atomic on SQLite only
+    because :func:`open_storage` begins its transactions IMMEDIATE (SQLite ignores FOR UPDATE).
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState

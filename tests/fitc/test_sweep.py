@@ -254,6 +254,44 @@ def test_two_processes_share_one_storage_without_duplicates(tmp_path, fake, stor
     assert len(study.trials) == 6  # no empty trials from racing pops
 
 
+def test_sqlite_pop_is_atomic_between_connections(tmp_path, monkeypatch):
+    """Two workers popping the same WAITING trial at once: exactly one gets it. SQLite ignores
+    Optuna's SELECT … FOR UPDATE, so before fitc's BEGIN IMMEDIATE both saw it WAITING, both set
+    it RUNNING and the point ran twice (the flaky two-process test above)."""
+    import threading
+
+    from optuna.storages import RDBStorage
+
+    from fitc.sweep import open_storage
+    from fitc.sweep.worker import _pop
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    study.enqueue_trial({"x": 0})
+    trial_id = study.trials[0]._trial_id
+    check = RDBStorage.check_trial_is_updatable
+
+    def preempted(self, *args, **kwargs):  # a worker paused between reading and writing
+        time.sleep(0.3)
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(RDBStorage, "check_trial_is_updatable", preempted)
+    storages = [open_storage(url) for _ in range(2)]  # two engines: two connections, like workers
+    barrier, popped = threading.Barrier(2), []
+
+    def pop(storage) -> None:
+        barrier.wait()
+        popped.append(_pop(storage, study._study_id))
+
+    threads = [threading.Thread(target=pop, args=(s,)) for s in storages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(popped, key=str) == sorted([trial_id, None], key=str)  # one got it
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+
+
 def _journal(sweep: Path):
     from fitc.sweep import open_storage
 
