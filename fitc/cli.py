@@ -234,6 +234,14 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, help="quantization-aware fine-tuning epochs")
     g.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
+    g.add_argument(
+        "--regrow",
+        type=float,
+        metavar="FRACTION",
+        help="prune and regrow while fine-tuning: the fraction of each layer's non-zero weights "
+        "moved to better places (same count per layer, so the same size); 0 keeps the "
+        "searched support (default 0.3)",
+    )
     for key in ("optimizer", "schedule"):
         names = config_choices(key)
         g.add_argument(

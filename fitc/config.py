@@ -61,8 +61,9 @@ class RunConfig:
     lam: float = 1.0
     refresh_every: int = 10  # re-estimate the Fisher every k expansions; 0 = never
     # fine-tuning
-    finetune_epochs: int = 30
+    finetune_epochs: int | None = None  # None: the model's own default (zoo: 30, resnet8: 10)
     finetune_lr: float = 1e-2
+    regrow: float = 0.3  # prune-and-regrow: fraction of each layer's support moved (0: fixed)
     optimizer: str = "adam"
     schedule: str = "cosine"
     # hardware
@@ -112,6 +113,11 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be a finite number {'> 0' if positive else '≥ 0'}, got {v}"
                 )
+        if not (math.isfinite(self.regrow) and 0 <= self.regrow < 1):
+            raise ConfigError(
+                f"regrow must be a fraction in [0, 1) (0: the pruning support stays fixed), "
+                f"got {self.regrow}"
+            )
         for key in _ANY_FLOATS:
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"{key} must be a finite number, got {getattr(self, key)}")

@@ -12,6 +12,13 @@ Contract (:func:`finetune`):
   would round to zero at the layer's current scale is moved to just above half a step, keeping its
   sign. So every forward pass has exactly the plan's non-zero count in every layer, and the size and
   BOPs measured on the fine-tuned model equal the plan's;
+- with ``regrow`` > 0 the support moves while the count stays (prune and regrow, as in RigL):
+  after each of the first ``REGROW_UNTIL`` of the epochs, in every layer with pruned weights, the
+  ``f·n`` support weights of smallest magnitude leave the support and as many pruned weights with
+  the largest epoch-mean gradient join it (set to the smallest non-zero step, against the
+  gradient; their optimizer state reset), ``f`` decaying from ``regrow`` to 0 on a half cosine.
+  Every layer keeps exactly its non-zero count, so size and BOPs stay the plan's; the final
+  support is the fine-tuned model's non-zero integer weights (the pipeline stores it in model.pt);
 - the epoch with the best validation accuracy (epoch 0 = the calibrated model before training, so
   fine-tuning never makes it worse on validation) is restored at the end; the model is left in
   eval mode;
@@ -49,6 +56,8 @@ SCHEDULES = ("cosine", "none")
 
 # A support weight that would round to 0 is set to this many quantization steps (rounds to ±1).
 _MIN_STEPS = 0.5 + 2.0**-10
+#: Regrowth happens after each of the first this fraction of the epochs (then the support is fixed).
+REGROW_UNTIL = 0.75
 
 
 def support_of(qmodel: nn.Module, masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -76,6 +85,50 @@ def project_support(qmodel: nn.Module, support: dict[str, torch.Tensor]) -> None
             w.copy_(torch.where(small, sign * scale * _MIN_STEPS, w))
 
 
+@torch.no_grad()
+def regrow_support(
+    qmodel: nn.Module,
+    support: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor],
+    frac: float,
+    opt: torch.optim.Optimizer | None = None,
+) -> int:
+    """Move ``frac`` of every layer's support (in place): drop the smallest-|w| support weights,
+    grow as many pruned weights with the largest |gradient| (``grads``, dense) at the smallest
+    non-zero step against the gradient, and reset their optimizer state. Counts are kept exactly;
+    ties break by position (deterministic). Returns how many weights moved in all."""
+    layers = quant_layers(qmodel)
+    moved = 0
+    for name, s in support.items():
+        g = grads.get(name)
+        if g is None:
+            continue
+        flat_s = s.view(-1)
+        active = flat_s.nonzero().squeeze(1)
+        pruned = (~flat_s).nonzero().squeeze(1)
+        gp = g.view(-1)[pruned].abs()
+        k = min(int(frac * len(active)), int((gp > 0).sum()))
+        if k < 1:
+            continue
+        w = layers[name].weight
+        flat_w = w.view(-1)
+        drop = active[torch.argsort(flat_w[active].abs(), stable=True)[:k]]
+        grow = pruned[torch.argsort(gp, descending=True, stable=True)[:k]]
+        _, scale = fixed_point_quantize(w, int(layers[name].weight_quant.bit_width().item()))
+        flat_w[drop] = 0.0
+        flat_w[grow] = -torch.sign(g.view(-1)[grow]) * scale * _MIN_STEPS
+        flat_s[drop] = False
+        flat_s[grow] = True
+        state = opt.state.get(w, {}) if opt is not None else {}
+        for v in state.values():
+            if torch.is_tensor(v) and v.shape == w.shape:
+                v.view(-1)[drop] = 0
+                v.view(-1)[grow] = 0
+        moved += k
+    project_support(qmodel, support)
+    return moved
+
+
 def finetune(
     qmodel: nn.Module,
     masks: dict[str, torch.Tensor] | None,
@@ -90,6 +143,7 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     num_threads: int | None = None,
+    regrow: float = 0.0,
 ) -> dict[str, Any]:
     """Fine-tune ``qmodel`` in place on ``data`` (a :class:`fitc.models.Dataset`); return metrics.
 
@@ -111,6 +165,8 @@ def finetune(
         raise ConfigError(f"finetune epochs must be an integer ≥ 0, got {epochs!r}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"finetune lr must be a finite number > 0, got {lr!r}")
+    if not (0.0 <= regrow < 1.0):
+        raise ConfigError(f"regrow must be a fraction in [0, 1), got {regrow!r}")
     if num_threads is None:
         num_threads = 1 if _macs_per_sample(qmodel, data) < 1_000_000 else torch.get_num_threads()
     saved_threads = torch.get_num_threads()
@@ -128,6 +184,7 @@ def finetune(
             weight_decay=weight_decay,
             seed=seed,
             progress=progress,
+            regrow=regrow,
         )
     finally:
         torch.set_num_threads(saved_threads)
@@ -152,6 +209,7 @@ def _finetune(
     weight_decay: float,
     seed: int,
     progress: bool,
+    regrow: float = 0.0,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     X = torch.as_tensor(np.asarray(data.X_train), dtype=torch.float32)
@@ -182,6 +240,10 @@ def _finetune(
     )
     loss_fn = nn.CrossEntropyLoss()
 
+    regrow_epochs = int(REGROW_UNTIL * epochs) if regrow > 0 and masks else 0
+    grads = {n: torch.zeros_like(layers[n].weight) for n in support} if regrow_epochs else {}
+    moved = 0
+
     best_acc = evaluate_quant(qmodel, X_val, y_val)
     built_acc = best_acc
     best_state = copy.deepcopy(qmodel.state_dict())
@@ -201,12 +263,21 @@ def _finetune(
             for name, s in support.items():
                 g = layers[name].weight.grad
                 if g is not None:
+                    if grads:
+                        grads[name].add_(g)  # the dense gradient, for regrowth
                     g.mul_(s.to(g.dtype))
             opt.step()
             if sched is not None:
                 sched.step()
             project_support(qmodel, support)
             total += float(loss.detach()) * len(idx)
+        if epoch <= regrow_epochs:
+            frac = regrow * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / regrow_epochs))
+            moved += regrow_support(qmodel, support, grads, frac, opt)
+            if epoch == regrow_epochs:
+                grads = {}
+            for g in grads.values():
+                g.zero_()
         acc = evaluate_quant(qmodel, X_val, y_val)
         history.append(acc)
         if acc > best_acc:
@@ -231,6 +302,7 @@ def _finetune(
         "finetune_epochs": epochs,
         "finetune_time_s": round(wall, 3),
         "finetune_val_history": history,
+        **({"finetune_regrown": moved} if regrow_epochs else {}),
     }
 
 

@@ -201,11 +201,17 @@ class Run:
         return load_torch(self.dir.checked("masks.pt"))
 
     @cached_property
+    def model_masks(self) -> dict[str, torch.Tensor]:
+        """The pruning support model.pt was fine-tuned on: masks.pt, or where regrowth moved
+        it, the moved one (same count per layer)."""
+        return load_torch(self.dir.checked("model.pt"))["masks"]
+
+    @cached_property
     def qmodel(self) -> torch.nn.Module:
         from fitc.build import load_quant_model
 
         return load_quant_model(
-            self.float_model, self.plan, self.masks, self.dir.checked("model.pt")
+            self.float_model, self.plan, None, self.dir.checked("model.pt")
         ).eval()
 
     @cached_property
@@ -465,9 +471,14 @@ def search(run: Run) -> None:
     run.stage("search", _search_inputs(run), ["plan.json", "masks.pt"], fn)
 
 
+def finetune_epochs(run: Run) -> int:
+    """Fine-tuning epochs: the config's, else the model's own default (``ModelSpec``)."""
+    return run.cfg.finetune_epochs or run.spec.finetune_epochs
+
+
 def _finetune_inputs(run: Run) -> tuple:
     c = run.cfg
-    return (c.finetune_epochs, c.finetune_lr, c.optimizer, c.schedule, c.batch_size)
+    return (finetune_epochs(run), c.finetune_lr, c.optimizer, c.schedule, c.batch_size, c.regrow)
 
 
 def finetune(run: Run) -> None:
@@ -543,7 +554,7 @@ def closed_loop(run: Run) -> None:
             copy_file(work / f"iter{best.iteration}" / name, run.dir / name)
         shutil.rmtree(run.dir / "loop", ignore_errors=True)
         work.rename(run.dir / "loop")
-        run.forget("plan", "masks", "qmodel")
+        run.forget("plan", "masks", "model_masks", "qmodel")
         summary = {
             "targets": targets,
             "accurate_model": accurate_model,
@@ -611,7 +622,7 @@ def verify(run: Run) -> None:
             run.data.X_test,
             run.data.y_test,
             plan=run.plan,
-            masks=run.masks,
+            masks=run.model_masks,
         )
         edges = verify_chain(run.qmodel, run.exported, *range_edges(run))
         write_json(run.dir / "equivalence.json", report.to_dict())
@@ -922,6 +933,7 @@ def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> 
         save_quant_model,
     )
     from fitc.finetune import finetune as finetune_model
+    from fitc.finetune import support_of
     from fitc.models import evaluate
 
     cfg, data = run.cfg, run.data
@@ -933,15 +945,20 @@ def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> 
         qmodel,
         masks,
         data,
-        epochs=cfg.finetune_epochs,
+        epochs=finetune_epochs(run),
         lr=cfg.finetune_lr,
         optimizer=cfg.optimizer,
         schedule=cfg.schedule,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         progress=cfg.progress,
+        regrow=cfg.regrow,
     )
     qmodel.eval()
+    if cfg.regrow:  # the support moved: model.pt keeps the one it was fine-tuned on
+        masks = {
+            name: support for name, support in support_of(qmodel, None).items() if name in masks
+        }
     save_quant_model(dest / "model.pt", qmodel, masks)
     run.__dict__["qmodel"] = qmodel
     return {

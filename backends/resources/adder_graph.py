@@ -246,10 +246,18 @@ class Da4mlModel:
         return self.strategies.get(strategy_key(hw), UNCALIBRATED)
 
     def solve(
-        self, weight: np.ndarray, input_type: InputType, *, shared: bool = True
+        self,
+        weight: np.ndarray,
+        input_type: InputType,
+        *,
+        shared: bool = True,
+        per_output: bool = False,
     ) -> tuple[float, float]:
         """``(LUT cost, depth in adder levels)`` of ``y = W x`` for an integer ``W`` (out × in·k²);
-        ``shared=False``: without shared sub-expressions (:data:`UNSHARED_SOLVER`)."""
+        ``shared=False``: without shared sub-expressions (:data:`UNSHARED_SOLVER`);
+        ``per_output=True``: every output solved on its own (sharing only within an output), the
+        sum of their costs: an upper bound of the shared solve's cost in a fraction of its time
+        (resnet8's 576 × 64 layer: 3.9 s against 127 s; 124,647 against 91,879 LUT)."""
         w = np.asarray(weight)
         if w.ndim < 2:
             raise Da4mlError(f"weights must be at least 2-D (out, in, ...), got shape {w.shape}")
@@ -266,12 +274,16 @@ class Da4mlModel:
             w2.shape,
             qi,
             shared,
+            per_output,
         )
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         if not np.any(w2):
             result = (0.0, 0.0)
+        elif per_output and w2.shape[0] > 1:
+            parts = [self.solve(row[None, :], input_type, shared=shared) for row in w2]
+            result = (float(sum(c for c, _ in parts)), float(max(d for _, d in parts)))
         else:
             from da4ml.cmvm import solve
 
@@ -330,8 +342,14 @@ class Da4mlModel:
             x = self.layer(lp, hw, weights, types[lp.name], nxt, check=live is None)
             floor = latency_floor_hw(hw) if self.strategies else None
             if floor is not None and not uses_dsp(lp, hw):
-                y = self.layer(lp, floor, weights, types[lp.name], nxt, check=False)
-                x = x._replace(lut=max(x.lut, y.lut))
+                # The floor binds only if the shared estimate exceeds the unshared one. Its upper
+                # bound (every output solved alone) settles that in most layers; only where the
+                # bound does not is the full shared solve run (minutes on a large conv layer).
+                kw = {"check": False}
+                bound = self.layer(lp, floor, weights, types[lp.name], nxt, per_output=True, **kw)
+                if bound.lut > x.lut:
+                    y = self.layer(lp, floor, weights, types[lp.name], nxt, **kw)
+                    x = x._replace(lut=max(x.lut, y.lut))
             nums.append(x)
         basis, note = describe(self.name, hw, self.strategy_calibration(hw))
         return build_report(
@@ -347,9 +365,10 @@ class Da4mlModel:
         next_act_bits: int | None,
         *,
         check: bool = True,
+        per_output: bool = False,
     ) -> LayerNumbers:
         """One layer's numbers (see the class docstring for what da4ml measures); ``check``:
-        compare the weights with the layer plan first."""
+        compare the weights with the layer plan first; ``per_output``: see :meth:`solve`."""
         if check:
             _check_weights(lp, weights)
         w = np.asarray(weights[lp.name])
@@ -368,7 +387,9 @@ class Da4mlModel:
                 lp, hw, next_act_bits, self.params, self.parallelization_factor, acal
             )
         t0 = time.perf_counter()
-        cost, depth = self.solve(w, input_type, shared=strategy_key(hw) != "Latency")
+        cost, depth = self.solve(
+            w, input_type, shared=strategy_key(hw) != "Latency", per_output=per_output
+        )
         log.debug(
             "da4ml %s: cost %.0f, depth %.0f, %.2f s",
             lp.name,

@@ -88,9 +88,8 @@ def search_plan(
     docstring); False returns the path search's state.
     ``refresh_batches`` (of ``refresh_batch_size`` samples) of ``refresh_data`` are drawn with
     ``seed`` once and reused by every refresh, so successive estimates differ by the weights, not
-    by the samples; None: as many as the initial Fisher used (``fisher.n_samples``), so a refresh
-    is as precise as the estimate it replaces (2 batches of 128 gave worse plans for digits-mlp
-    at size 1/32, 1/64 and 10 % of an xc7z020, at half the search time).
+    by the samples; None: :func:`default_refresh_batches` (as many samples as the initial Fisher
+    used, up to :data:`REFRESH_MACS` of forward passes).
     """
     with intra_op_threads(num_threads):
         t0 = time.perf_counter()
@@ -146,7 +145,7 @@ def search_plan(
             every=refresh_every,
             batches=refresh_batches
             if refresh_batches is not None
-            else max(1, math.ceil(fisher.n_samples / refresh_batch_size)),
+            else default_refresh_batches(fisher.n_samples, infos, refresh_batch_size),
             batch_size=refresh_batch_size,
             seed=seed,
         )
@@ -209,6 +208,26 @@ def search_plan(
             refreshes=refresh.count,
             refinements=refinements,
         )
+
+
+#: Forward multiply-accumulates one Fisher refresh may spend by default (samples × MACs per
+#: sample): 3 batches of 128 for resnet8 (12.5 M MACs per sample), every sample for the zoo MLPs
+#: and digits-cnn (≤ 0.1 M MACs per sample, ≈ 1,000 samples).
+REFRESH_MACS = 6_000_000_000
+
+
+def default_refresh_batches(n_samples: int, infos, batch_size: int = 128) -> int:
+    """Batches of one Fisher refresh: as many samples as the initial estimate used (``n_samples``),
+    so a refresh is as precise as the estimate it replaces (2 batches of 128 gave worse plans for
+    digits-mlp at size 1/32, 1/64 and 10 % of an xc7z020), but at most :data:`REFRESH_MACS` of
+    forward passes and at least 2 batches. Without the cap a resnet8 refresh cost as much as its
+    first estimate (1,800 samples, 8–10 s) and six refreshes made its search 20× slower."""
+    macs = sum(i.n_weights * max(1, i.out_positions) for i in infos)
+    wanted = max(1, math.ceil(n_samples / batch_size))
+    if macs <= 0:
+        return wanted
+    cap = max(2, REFRESH_MACS // (macs * batch_size))
+    return int(min(wanted, cap))
 
 
 @dataclass

@@ -251,3 +251,28 @@ def test_analytical_expects_dead_logic_at_high_sparsity_only():
         AnalyticalModel().estimate(sparse_plan, r).lut
         == AnalyticalModel(live=False).estimate(sparse_plan, r).lut
     )
+
+
+@pytest.mark.parametrize(
+    "seed, bits, density",
+    [(0, (6, 4), (0.5, 0.7)), (1, (2, 2), (0.2, 0.3)), (2, (8, 8), (1.0, 1.0))],
+)
+def test_latency_floor_settled_by_its_bound_equals_the_full_floor(seed, bits, density):
+    """The Latency estimate is max(unshared, distributed-arithmetic floor) per layer; the floor's
+    full shared solve is skipped where its per-output upper bound already shows it cannot bind.
+    The bound is an upper bound of the shared solve, and the estimate equals the one with the
+    full floor solved for every layer."""
+    plan, w = _mlp(seed, bits=bits, density=density)
+    m = Da4mlModel()
+    for wl in w.values():
+        assert m.solve(wl, (True, 5, 0), per_output=True)[0] >= m.solve(wl, (True, 5, 0))[0]
+    got = m.estimate(plan, LAT, weights=w)
+    ref = _FullFloor().estimate(plan, LAT, weights=w)
+    assert [x.lut for x in got.layers] == [x.lut for x in ref.layers]
+
+
+class _FullFloor(Da4mlModel):
+    """The da4ml model with the bound replaced by the full solve: the floor is always solved."""
+
+    def layer(self, *args, per_output=False, **kw):
+        return super().layer(*args, **kw)

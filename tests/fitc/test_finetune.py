@@ -122,3 +122,49 @@ def test_bad_options_are_config_errors(trained, kwargs, pattern):
     qmodel, plan, masks = _build(trained)
     with pytest.raises(ConfigError, match=pattern):
         finetune(qmodel, masks, trained[2], progress=False, **kwargs)
+
+
+def test_regrowth_moves_the_support_but_keeps_every_layer_count(trained):
+    """With regrow the support moves (pruned weights with large gradients join it, small weights
+    leave), yet every forward pass has each layer's planned non-zero count, the plan still
+    measures equal after fine-tuning, and the moved support is deterministic."""
+    data = _small(trained[2], 512)
+    counts = []
+
+    def run():
+        qmodel, plan, masks = _build(trained, sparsity=0.9, bits=3)
+        planned = {lp.name: lp.n_nonzero for lp in plan.layers}
+
+        def check(mod, inp, name):
+            assert int((int_weight(mod) != 0).sum()) == planned[name], name
+            counts.append(name)
+
+        hooks = [
+            m.register_forward_pre_hook(lambda mod, inp, name=n: check(mod, inp, name))
+            for n, m in quant_layers(qmodel).items()
+        ]
+        metrics = finetune(qmodel, masks, data, epochs=4, lr=1e-2, regrow=0.3, progress=False)
+        for h in hooks:
+            h.remove()
+        for lp, m in zip(plan.layers, measure_layers(qmodel, plan), strict=True):
+            assert m == lp
+        support = {n: int_weight(m) != 0 for n, m in quant_layers(qmodel).items()}
+        return metrics, masks, support
+
+    metrics, masks, support = run()
+    assert metrics["finetune_regrown"] > 0
+    outside = sum(int((support[n] & ~masks[n]).sum()) for n in masks)
+    if metrics["finetune_best_epoch"] > 0:  # the kept epoch came after a regrowth step
+        assert outside > 0, "regrowth never moved a weight outside the searched masks"
+    assert len(counts) > 4 * 4 * 4
+    again_metrics, _, again = run()
+    for key in ("finetune_regrown", "finetune_val_history", "finetune_best_epoch"):
+        assert again_metrics[key] == metrics[key]
+    for n in support:
+        assert torch.equal(support[n], again[n])
+
+
+def test_regrow_must_be_a_fraction(trained):
+    qmodel, _, masks = _build(trained)
+    with pytest.raises(ConfigError, match="regrow"):
+        finetune(qmodel, masks, _small(trained[2]), epochs=1, regrow=1.5, progress=False)

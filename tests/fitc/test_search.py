@@ -496,3 +496,24 @@ def test_budget_fill_with_a_refreshed_fisher():
     assert raw.plan.achieved_cost <= res.plan.achieved_cost <= budget.limit
     # the fill lowers the distance in the search's (last, refreshed) Fisher
     assert _distance(res, res.fisher) <= _distance(raw, res.fisher)
+
+
+def test_default_refresh_is_as_large_as_the_first_estimate_up_to_a_compute_cap():
+    """Small networks refresh on as many samples as the first Fisher used; a network whose
+    refresh would cost more than REFRESH_MACS of forward passes refreshes on fewer batches (at
+    least 2), so a large CNN's search is not dominated by refreshes."""
+    from fitc.fisher import LayerInfo
+    from fitc.search.core import REFRESH_MACS, default_refresh_batches
+
+    def layer(n_weights, positions):
+        return LayerInfo("l", "conv2d", n_weights, 9, positions, (1, 1, 1), 0)
+
+    small = [layer(4096, 1), layer(2048, 1)]  # an MLP: 6 k MACs per sample
+    assert default_refresh_batches(1078, small, 128) == 9  # ceil(1078 / 128): every sample
+    big = [layer(36_864, 64), layer(18_432, 64), layer(9_216, 256)]  # 5.9 M MACs per sample
+    macs = 36_864 * 64 + 18_432 * 64 + 9_216 * 256
+    n = default_refresh_batches(1800, big, 128)
+    assert n == max(2, REFRESH_MACS // (macs * 128)) < math.ceil(1800 / 128)
+    assert n * 128 * macs <= REFRESH_MACS
+    huge = [layer(10**8, 100)]
+    assert default_refresh_batches(1800, huge, 128) == 2  # never fewer than 2 batches
