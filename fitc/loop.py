@@ -4,7 +4,9 @@ Each iteration searches against the fast (analytical) resource model, builds and
 and measures it with the accurate model (da4ml or a vendor report). :func:`next_step` is a pure
 function of that history and the user's targets:
 
-- the design fits every target → stop ("fits");
+- the design fits every target → stop ("fits"), unless it came from the uncalibrated fast model
+  and uses less than ``fill_below`` of its binding budget: then recalibrate and search once more
+  ("fill": the calibrated search spends the budget the fast model's caution left unused);
 - the iteration limit is reached → stop ("max_iterations");
 - the worst overshoot did not shrink by at least ``min_improvement`` since the previous iteration
   → stop ("stalled");
@@ -83,13 +85,21 @@ def next_step(
     max_iterations: int = 4,
     margin: float = 0.97,
     min_improvement: float = 0.01,
+    fill_below: float = 0.9,
 ) -> LoopDecision:
     """Decide the next loop step from the history (pure: no I/O, no state)."""
     if not history:
         return LoopDecision(False, "start", limits=dict(targets))
     last = history[-1]
     worst = overshoot(last.accurate, targets)
+    calibration = {  # a layer the accurate model found free (all its logic dead) keeps its cost
+        name: lut / last.fast_layers_raw[name]
+        for name, lut in last.accurate_layers.items()
+        if last.fast_layers_raw.get(name, 0) > 0 and lut > 0
+    }
     if worst <= 1.0:
+        if worst < fill_below and not last.calibrated and len(history) < max_iterations:
+            return LoopDecision(False, "fill", dict(last.limits), calibration)
         return LoopDecision(True, "fits")
     if len(history) >= max_iterations:
         return LoopDecision(True, "max_iterations")
@@ -98,11 +108,6 @@ def next_step(
         if worst > before * (1.0 - min_improvement):
             return LoopDecision(True, "stalled")
 
-    calibration = {  # a layer the accurate model found free (all its logic dead) keeps its cost
-        name: lut / last.fast_layers_raw[name]
-        for name, lut in last.accurate_layers.items()
-        if last.fast_layers_raw.get(name, 0) > 0 and lut > 0
-    }
     limits = dict(last.limits)
     if last.calibrated:
         # The fast model was already calibrated and still missed: tighten what the search sees.

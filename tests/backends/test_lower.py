@@ -177,6 +177,25 @@ def test_emulation_check_runs_a_project_lowered_in_another_process(mlp, mlp_proj
 
 
 @pytest.mark.compile
+def test_emulation_split_over_processes_gives_the_same_rows(mlp, mlp_project, monkeypatch):
+    """A large emulation runs in forked processes (the C++ keeps static state, so not in
+    threads): the rows are the one-process rows, in order, and the check stays exact."""
+    from fitc.backends.hls import emulation as emu
+
+    _, predict = emu._emulator(mlp_project)
+    X = np.ascontiguousarray(mlp.X.reshape(len(mlp.X), -1), dtype=np.float64)
+    one = emu.predict_in_processes(predict, X, 1)
+    two = emu.predict_in_processes(predict, X, 2)
+    assert two.shape == one.shape and len(one) == len(X) and np.array_equal(one, two)
+    monkeypatch.setattr(emu, "PARALLEL_MACS", 1)  # split this small check too
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert emu.emulation_workers(10) == min(2, emu.emulation_workers(10**12))
+    _assert_exact(emulation_check(mlp_project, mlp.qonnx_path, mlp.X, mlp.y), mlp)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a sweep worker's share: one process
+    assert emu.emulation_workers(10**12) == 1
+
+
+@pytest.mark.compile
 def test_emulation_check_sees_a_one_lsb_difference(mlp, mlp_project, tmp_path):
     """The check is not vacuous: shift fc3's bias by one quantization step in a copy of the graph."""
     from fitc.export.qonnx_export import const_source, quant_params

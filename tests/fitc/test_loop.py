@@ -32,6 +32,19 @@ def test_fitting_design_stops():
     assert d.stop and d.reason == "fits"
 
 
+def test_underfilled_first_design_is_filled_once_with_the_calibrated_model():
+    d = next_step([it(1, 8_000.0, calibrated=False)], TARGETS)  # 80 % of the binding budget
+    assert not d.stop and d.reason == "fill"
+    assert d.limits == TARGETS
+    assert d.calibration == {"fc1": 6000.0 / 6000.0, "fc2": 2000.0 / 3000.0}
+    # once calibrated, a fitting design stops however full it is; so does the last iteration
+    h = [it(1, 8_000.0, calibrated=False), it(2, 8_500.0, calibrated=True)]
+    assert next_step(h, TARGETS).reason == "fits"
+    assert next_step([it(1, 8_000.0, calibrated=False)], TARGETS, max_iterations=1).stop
+    # a design over the fill line stops at once
+    assert next_step([it(1, 9_100.0, calibrated=False)], TARGETS).reason == "fits"
+
+
 def test_first_miss_recalibrates_per_layer_without_tightening():
     d = next_step([it(1, 12_000.0, calibrated=False)], TARGETS)
     assert not d.stop and d.reason == "recalibrate"
