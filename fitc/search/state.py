@@ -112,6 +112,10 @@ class Lattice:
         self.L = len(infos)
         self.space = space
         self.cost_model = cost
+        # Hardware costs take out the logic synthesis removes: a layer with no non-zero weight
+        # (and with it the whole network, whose output then ignores the input) costs ~0, so a
+        # hardware budget would otherwise always be "met" by a dead network.
+        self.keep_layers_live = getattr(cost, "kind", "size") not in ("size", "bops")
         self.w = [w.detach().float().flatten().clone() for w in weights]
         self.shapes = [tuple(w.shape) for w in weights]
         self.N = sum(w.numel() for w in self.w)
@@ -384,17 +388,23 @@ class Lattice:
 
     def forward_moves(self, node: Node) -> Iterator[Move]:
         """Every one-rung compression move of ``node``: weight bits (layer order), activation
-        bits (group order), pruning (global, or layer order)."""
+        bits (group order), pruning (global, or layer order). Under a hardware cost
+        (``keep_layers_live``) a move that leaves a layer without any non-zero weight is not
+        one: that layer's output, and so the network's, no longer depends on the input."""
         sp = self.space
+        moves = []
         for li in range(self.L):
             if node.wb[li] + 1 < len(sp.weight_bits):
-                yield self._weight_move(node, li, +1)
+                moves.append(self._weight_move(node, li, +1))
         for gi in range(len(self.group_layers)):
             if node.ab[gi] + 1 < len(sp.act_bits):
-                yield self._act_move(node, gi, +1)
+                moves.append(self._act_move(node, gi, +1))
         for pi, layer in enumerate(self._prune_targets()):
             if node.pr[pi] + 1 < len(sp.prune_levels):
-                yield self._prune_move(node, pi, layer, +1)
+                moves.append(self._prune_move(node, pi, layer, +1))
+        for move in moves:
+            if not self.keep_layers_live or all(lp.n_nonzero > 0 for _, lp in move.plans):
+                yield move
 
     def reverse_moves(self, node: Node) -> Iterator[Move]:
         """Every one-rung reverse move of ``node``: weight bits up (layer order), activation bits

@@ -77,6 +77,23 @@ def test_activation_bits_are_lowered_under_a_lut_budget():
     assert kept(searched) > kept(fixed)
 
 
+def test_a_lut_budget_alone_never_buys_a_dead_network():
+    """The models take out the logic synthesis removes, so a network pruned or quantized to no
+    non-zero weight in some layer costs ~0 LUT. The search never moves there: a LUT budget too
+    small for a live network is refused (the search ends above it), and a reachable one gives a
+    plan with non-zero weights in every layer."""
+    from fitc.errors import BudgetInfeasibleError
+
+    model, fisher, X, y = _trained()
+    hw = HardwareConfig()
+    lut = LutCost(AnalyticalModel(), hw, "lut")
+    with pytest.raises(BudgetInfeasibleError, match="was not reached"):
+        search_plan(model, fisher, Budget("lut", 10.0), cost=lut)
+    dense = search_plan(model, fisher, Budget("size", 1.0)).plan.layers
+    res = search_plan(model, fisher, Budget("lut", 0.02 * lut(dense)), cost=lut)
+    assert all(lp.n_nonzero > 0 for lp in res.plan.layers)
+
+
 def test_activation_moves_never_pay_under_a_size_budget_with_a_hardware_one():
     """A combined size + LUT budget: activation moves are taken only for the LUT part, and the
     plan meets both."""
