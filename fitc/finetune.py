@@ -12,7 +12,8 @@ Contract (:func:`finetune`):
   would round to zero at the layer's current scale is moved to just above half a step, keeping its
   sign. So every forward pass has exactly the plan's non-zero count in every layer, and the size and
   BOPs measured on the fine-tuned model equal the plan's;
-- with ``regrow`` > 0 the support moves while the count stays (prune and regrow, as in RigL):
+- with ``regrow`` > 0, and when the pruned layers keep at most ``REGROW_MAX_DENSITY`` of their
+  weights, the support moves while the count stays (prune and regrow, as in RigL):
   after each of the first ``REGROW_UNTIL`` of the epochs, in every layer with pruned weights, the
   ``f·n`` support weights of smallest magnitude leave the support and as many pruned weights with
   the largest epoch-mean gradient join it (set to the smallest non-zero step, against the
@@ -58,6 +59,11 @@ SCHEDULES = ("cosine", "none")
 _MIN_STEPS = 0.5 + 2.0**-10
 #: Regrowth happens after each of the first this fraction of the epochs (then the support is fixed).
 REGROW_UNTIL = 0.75
+#: Regrowth runs only when the pruned layers keep at most this share of their weights together:
+#: it moved digits-cnn at size 1/64 (85 % sparse) from 89.97 to 92.66 % (mean of 3 seeds) but cost
+#: digits-mlp 0.7–0.8 points at 1/16 and 1/32 (45–75 % sparse), where the searched support is
+#: already good and moving 30 % of it only disturbs the fine-tuning.
+REGROW_MAX_DENSITY = 0.2
 
 
 def support_of(qmodel: nn.Module, masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -240,8 +246,14 @@ def _finetune(
     )
     loss_fn = nn.CrossEntropyLoss()
 
-    regrow_epochs = int(REGROW_UNTIL * epochs) if regrow > 0 and masks else 0
-    grads = {n: torch.zeros_like(layers[n].weight) for n in support} if regrow_epochs else {}
+    pruned = {n: s for n, s in support.items() if masks and n in masks and not bool(s.all())}
+    kept = sum(int(s.sum()) for s in pruned.values()) / max(
+        1, sum(s.numel() for s in pruned.values())
+    )
+    regrow_epochs = (
+        int(REGROW_UNTIL * epochs) if regrow > 0 and pruned and kept <= REGROW_MAX_DENSITY else 0
+    )
+    grads = {n: torch.zeros_like(layers[n].weight) for n in pruned} if regrow_epochs else {}
     moved = 0
 
     best_acc = evaluate_quant(qmodel, X_val, y_val)
@@ -263,7 +275,7 @@ def _finetune(
             for name, s in support.items():
                 g = layers[name].weight.grad
                 if g is not None:
-                    if grads:
+                    if name in grads:
                         grads[name].add_(g)  # the dense gradient, for regrowth
                     g.mul_(s.to(g.dtype))
             opt.step()

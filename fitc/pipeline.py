@@ -955,7 +955,7 @@ def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> 
         regrow=cfg.regrow,
     )
     qmodel.eval()
-    if cfg.regrow:  # the support moved: model.pt keeps the one it was fine-tuned on
+    if metrics.get("finetune_regrown"):  # the support moved: model.pt keeps the one it ended on
         masks = {
             name: support for name, support in support_of(qmodel, None).items() if name in masks
         }
