@@ -238,9 +238,10 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
         "--regrow",
         type=float,
         metavar="FRACTION",
-        help="prune and regrow while fine-tuning: the fraction of each layer's non-zero weights "
-        "moved to better places (same count per layer, so the same size); 0 keeps the "
-        "searched support (default 0.3)",
+        help="prune and regrow while fine-tuning a sparse plan (pruned layers keeping ≤ 20 %% "
+        "of their weights): the fraction of each layer's non-zero weights moved to better "
+        "places at first (same count per layer, so the same size); 0 keeps the searched "
+        "support (default 0.3)",
     )
     for key in ("optimizer", "schedule"):
         names = config_choices(key)
