@@ -330,6 +330,7 @@ def run_device(name: str, fraction: float, args) -> dict:
             finetune_epochs=args.epochs,
             finetune_lr=args.lr,
             regrow=args.regrow,
+            strategy=args.strategy,
             optimizer=args.optimizer,
             schedule=args.schedule,
             batch_size=args.batch_size,
@@ -425,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         help="size budgets (none: device rows only)",
     )
     p.add_argument("--device", default=None, help="device preset for device rows, e.g. xc7z020")
+    p.add_argument(
+        "--strategy", default=defaults.strategy, help="hls4ml strategy of the device rows' firmware"
+    )
     p.add_argument(
         "--fractions", type=float, nargs="+", default=[], help="device fractions, e.g. 0.1 0.25"
     )
