@@ -169,7 +169,8 @@ def emulation_check(
     ref = run_qonnx(proto, X).reshape(len(X), -1)
     t_ref = time.perf_counter() - t0
 
-    limit = rows_limit(proto, len(X)) if max_rows == "auto" else max_rows
+    macs = graph_macs(proto)
+    limit = rows_limit(proto, len(X), macs=macs) if max_rows == "auto" else max_rows
     if limit is not None and limit < len(X):
         idx = sample_rows(ref, int(limit), seed)
         log.info(
@@ -189,7 +190,7 @@ def emulation_check(
     # float64 in and out: the C++ side converts doubles, exact for any fixed type ≤ 53 bits.
     emu_in = np.ascontiguousarray(emu_in.reshape(len(X), -1), dtype=np.float64)
     t0 = time.perf_counter()
-    workers = emulation_workers(len(X) * graph_macs(proto))
+    workers = emulation_workers(len(X) * macs)
     with captured_output("predict"):
         out = predict_in_processes(predict, emu_in, workers).reshape(len(X), -1)
     t_emu = time.perf_counter() - t0
@@ -288,10 +289,13 @@ def graph_macs(proto: Any) -> int:
     return int(total)
 
 
-def rows_limit(proto: Any, n_rows: int, budget: int = EMULATION_MACS) -> int | None:
+def rows_limit(
+    proto: Any, n_rows: int, budget: int = EMULATION_MACS, *, macs: int | None = None
+) -> int | None:
     """How many of ``n_rows`` rows to emulate: None (all) when they cost at most ``budget``
-    MACs, else ``budget // MACs per row`` but at least :data:`MIN_ROWS`."""
-    macs = graph_macs(proto)
+    MACs, else ``budget // MACs per row`` but at least :data:`MIN_ROWS` (``macs``: the graph's
+    :func:`graph_macs`, when the caller has it)."""
+    macs = graph_macs(proto) if macs is None else macs
     if macs <= 0 or n_rows * macs <= budget:
         return None
     return max(MIN_ROWS, budget // macs)

@@ -391,20 +391,21 @@ class Lattice:
         bits (group order), pruning (global, or layer order). Under a hardware cost
         (``keep_layers_live``) a move that leaves a layer without any non-zero weight is not
         one: that layer's output, and so the network's, no longer depends on the input."""
-        sp = self.space
-        moves = []
-        for li in range(self.L):
-            if node.wb[li] + 1 < len(sp.weight_bits):
-                moves.append(self._weight_move(node, li, +1))
-        for gi in range(len(self.group_layers)):
-            if node.ab[gi] + 1 < len(sp.act_bits):
-                moves.append(self._act_move(node, gi, +1))
-        for pi, layer in enumerate(self._prune_targets()):
-            if node.pr[pi] + 1 < len(sp.prune_levels):
-                moves.append(self._prune_move(node, pi, layer, +1))
-        for move in moves:
+        for move in self._forward_moves(node):
             if not self.keep_layers_live or all(lp.n_nonzero > 0 for _, lp in move.plans):
                 yield move
+
+    def _forward_moves(self, node: Node) -> Iterator[Move]:
+        sp = self.space
+        for li in range(self.L):
+            if node.wb[li] + 1 < len(sp.weight_bits):
+                yield self._weight_move(node, li, +1)
+        for gi in range(len(self.group_layers)):
+            if node.ab[gi] + 1 < len(sp.act_bits):
+                yield self._act_move(node, gi, +1)
+        for pi, layer in enumerate(self._prune_targets()):
+            if node.pr[pi] + 1 < len(sp.prune_levels):
+                yield self._prune_move(node, pi, layer, +1)
 
     def reverse_moves(self, node: Node) -> Iterator[Move]:
         """Every one-rung reverse move of ``node``: weight bits up (layer order), activation bits

@@ -22,12 +22,7 @@ scipy_stats = pytest.importorskip("scipy.stats")
 N_CONFIGS = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fit_rank_correlates_with_test_loss_increase():

@@ -24,13 +24,7 @@ from fitc.space import SearchSpace, quantize_weight
 SHAPE = (1, 6, 6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core machine, oversubscribed threads are ~10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Block(nn.Module):

@@ -17,13 +17,7 @@ from fitc.models import build_model, get_spec, load_data, train_float
 from fitc.search import search_plan
 from fitc.space import DEFAULT_ACT_BITS, SEARCHED_ACT_BITS, SearchSpace, default_act_bits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
