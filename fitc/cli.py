@@ -91,7 +91,7 @@ def _canonical(choices: Sequence[str], aliases: dict[str, str] | None = None):
 def _strategy_type():
     from fitc.sweep.grid import STRATEGIES
 
-    return _canonical(strategies(), STRATEGIES)
+    return _canonical(("auto", *strategies()), STRATEGIES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +243,13 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
         "places at first (same count per layer, so the same size); 0 keeps the searched "
         "support (default 0.3)",
     )
+    g.add_argument(
+        "--distill",
+        type=float,
+        metavar="WEIGHT",
+        help="knowledge distillation from the float model while fine-tuning: the weight of the "
+        "soft-target loss (temperature 4) against cross-entropy, in [0, 1] (default 0: off)",
+    )
     for key in ("optimizer", "schedule"):
         names = config_choices(key)
         g.add_argument(
@@ -277,12 +284,14 @@ def _hw_args(p: argparse.ArgumentParser) -> None:
         help="default auto: io_stream for a CNN whose largest feature map holds over 1024 "
         "values (as hls4ml users stream CNNs), else io_parallel",
     )
-    names = strategies()
+    names = ("auto", *strategies())
     g.add_argument(
         "--strategy",
         type=_strategy_type(),
         choices=names,
-        help=f"default {names[0]} (latency, resource, da are accepted too)",
+        help="default auto: distributed_arithmetic under a hardware budget (LUT, FF, DSP, BRAM, "
+        "latency or --device) at io_parallel and reuse factor 1, else Latency "
+        "(latency, resource, da are accepted too)",
     )
     g.add_argument("--reuse-factor", type=int, help="default 1")
 

@@ -64,6 +64,7 @@ class RunConfig:
     finetune_epochs: int | None = None  # None: the model's own default (zoo: 30, resnet8: 10)
     finetune_lr: float = 1e-2
     regrow: float = 0.3  # prune-and-regrow: fraction of each layer's support moved (0: fixed)
+    distill: float = 0.0  # knowledge distillation from the float model: the soft loss's weight
     optimizer: str = "adam"
     schedule: str = "cosine"
     # hardware
@@ -74,7 +75,10 @@ class RunConfig:
     # "auto": by the network (fitc.backends.hls.io_rule: CNNs with a feature map > 1024 values
     # stream), resolved by the run; io_parallel | io_stream: as given
     io_type: str = "auto"
-    strategy: str = "Latency"
+    # "auto": by the run (fitc.backends.hls.strategy_rule: distributed_arithmetic under a hardware
+    # budget at io_parallel and reuse factor 1, else Latency); Latency | Resource |
+    # distributed_arithmetic: as given
+    strategy: str = "auto"
     reuse_factor: int = 1
     resource_model: str = "da4ml"  # the accurate model the loop checks against
     max_loop_iterations: int = 4
@@ -118,6 +122,10 @@ class RunConfig:
                 f"regrow must be a fraction in [0, 1) (0: the pruning support stays fixed), "
                 f"got {self.regrow}"
             )
+        if not (math.isfinite(self.distill) and 0 <= self.distill <= 1):
+            raise ConfigError(
+                f"distill must be a weight in [0, 1] (0: cross-entropy only), got {self.distill}"
+            )
         for key in _ANY_FLOATS:
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"{key} must be a finite number, got {getattr(self, key)}")
@@ -156,7 +164,10 @@ class RunConfig:
             backend=self.firmware_backend,
             # "auto" is resolved per network by the run (Run.hardware); io_parallel until then
             io_type="io_parallel" if rtl or self.io_type == "auto" else self.io_type,
-            strategy="distributed_arithmetic" if rtl else self.strategy,
+            # "auto" is resolved by the run (Run.hardware); Latency until then
+            strategy="distributed_arithmetic"
+            if rtl
+            else ("Latency" if self.strategy == "auto" else self.strategy),
             reuse_factor=1 if rtl else int(self.reuse_factor),
         )
 

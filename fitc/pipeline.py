@@ -137,7 +137,27 @@ class Run:
             hw = dataclasses.replace(hw, part=get_device(self.cfg.device).part)
         if hw.backend != "rtl" and hw.io_type != self.io_choice.io_type:
             hw = dataclasses.replace(hw, io_type=self.io_choice.io_type)
+        if hw.strategy != self.strategy_choice.strategy:
+            hw = dataclasses.replace(hw, strategy=self.strategy_choice.strategy)
         return hw
+
+    @cached_property
+    def strategy_choice(self):
+        """The hls4ml strategy and why (``strategy: auto`` is decided by the budget and the io
+        type, see :mod:`fitc.backends.hls.strategy_rule`)."""
+        from fitc.backends.hls.strategy_rule import choose_strategy
+
+        c = self.cfg
+        choice = choose_strategy(
+            c.strategy,
+            hardware_budget=self.hardware_budget,
+            io_type=self.io_choice.io_type,
+            reuse_factor=int(c.reuse_factor),
+            backend=c.firmware_backend,
+        )
+        if c.strategy == "auto":
+            log.info("strategy %s (%s)", choice.strategy, choice.reason)
+        return choice
 
     @cached_property
     def io_choice(self):
@@ -478,7 +498,10 @@ def finetune_epochs(run: Run) -> int:
 
 def _finetune_inputs(run: Run) -> tuple:
     c = run.cfg
-    return (finetune_epochs(run), c.finetune_lr, c.optimizer, c.schedule, c.batch_size, c.regrow)
+    return (
+        finetune_epochs(run), c.finetune_lr, c.optimizer, c.schedule, c.batch_size, c.regrow,
+        *((c.distill,) if c.distill else ()),  # absent when off: earlier runs' stages stay fresh
+    )  # fmt: skip
 
 
 def finetune(run: Run) -> None:
@@ -653,7 +676,12 @@ def lower(run: Run) -> None:
         edges = emulation_check(project, qonnx_path, *range_edges(run))
         write_json(
             run.dir / "hls4ml.json",
-            {"project": project.to_dict(), "emulation": hop.to_dict(), **run.io_choice.to_dict()},
+            {
+                "project": project.to_dict(),
+                "emulation": hop.to_dict(),
+                **run.io_choice.to_dict(),
+                **run.strategy_choice.to_dict(),
+            },
         )
         for h, rows in ((hop, "test"), (edges, "range-edge")):
             if not h.exact:
@@ -666,6 +694,7 @@ def lower(run: Run) -> None:
             "emulation_range_edge": edges.to_dict(),
             "hls_compile_time_s": project.compile_time_s,
             **run.io_choice.to_dict(),
+            **run.strategy_choice.to_dict(),
             **_fit_under(run, hw),
         }
 
@@ -953,6 +982,8 @@ def _finetune_once(run: Run, plan: CompressionPlan, masks: dict, dest: Path) -> 
         seed=cfg.seed,
         progress=cfg.progress,
         regrow=cfg.regrow,
+        teacher=run.float_model,
+        distill=cfg.distill,
     )
     qmodel.eval()
     if metrics.get("finetune_regrown"):  # the support moved: model.pt keeps the one it ended on

@@ -121,6 +121,8 @@ def run_summary(run_dir: str | Path, targets: dict[str, float] | None = None) ->
         out["equivalence"] = hops
     if "lower" in stages and m.get("io_type"):
         out["firmware"] = {"io_type": m["io_type"], "why": m.get("io_type_reason", "")}
+        if m.get("strategy"):
+            out["firmware"].update(strategy=m["strategy"], strategy_why=m.get("strategy_reason", ""))
     out["next"] = _next_commands(d, cfg, stages, hw.get("backend") or cfg.get("backend"))
     return out
 
@@ -440,6 +442,9 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             "firmware",
             f"hls4ml project, {fw['io_type']}" + (f" ({fw['why']})" if fw["why"] else ""),
         )
+        if fw.get("strategy"):
+            why = fw.get("strategy_why", "")
+            add("strategy", fw["strategy"] + (f" ({why})" if why else ""))
     res = s.get("resources")
     if res is not None:
         on = f"{res['device']} ({res['part']})" if res.get("device") else res["part"]

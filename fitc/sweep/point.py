@@ -76,7 +76,8 @@ def run_point(point: SweepPoint, sweep_dir: str | os.PathLike) -> dict[str, Any]
 def point_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The flat metrics of a finished run directory: accuracy, float_accuracy, size, bops, lut, ff,
     dsp, bram_18k, latency_cycles, latency_ns, fits (hardware budgets met), loop_iterations,
-    loop_stop_reason (those that exist), run_dir."""
+    loop_stop_reason, firmware_strategy (the strategy ``auto`` resolved to) (those that exist),
+    run_dir."""
     run_dir = Path(run_dir)
     m = read_json(run_dir / RUN_JSON).get("metrics", {})
     out: dict[str, Any] = {}
@@ -107,5 +108,7 @@ def point_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
         out["loop_stop_reason"] = loop.get("stop_reason")
     elif isinstance(loop, list):
         out["loop_iterations"] = len(loop)
+    if m.get("strategy"):
+        out["firmware_strategy"] = m["strategy"]
     out["run_dir"] = str(run_dir)
     return out

@@ -185,7 +185,7 @@ def test_help_lists_the_codes_presets_and_strategies(capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for name in device_names():
         assert name in out
-    assert "{Latency,Resource,distributed_arithmetic}" in out
+    assert "{auto,Latency,Resource,distributed_arithmetic}" in out
     assert "train → search → fine-tune → export → verify → lower → estimate" in out
 
 
@@ -241,7 +241,7 @@ def test_an_unknown_name_lists_the_choices(capsys):
         main(["run", "--strategy", "fastest"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "'fastest' is not one of Latency, Resource, distributed_arithmetic" in err
+    assert "'fastest' is not one of auto, Latency, Resource, distributed_arithmetic" in err
 
 
 def _options(sub: str) -> set[str]:
