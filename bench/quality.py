@@ -79,7 +79,9 @@ class Result:
     accs: list[float] = field(default_factory=list)  # per seed (averaged rows)
 
 
-def _finetuned(model, plan: CompressionPlan, masks, data, args, regrow: float = 0.0) -> Result:
+def _finetuned(
+    model, plan: CompressionPlan, masks, data, args, regrow: float = 0.0, distill: float = 0.0
+) -> Result:
     """Build, calibrate and fine-tune one plan; ``regrow``: fitc's pruning support moves (its
     default), the baselines keep theirs (fixed magnitude masks, as those methods are defined)."""
     t0 = time.perf_counter()
@@ -97,6 +99,8 @@ def _finetuned(model, plan: CompressionPlan, masks, data, args, regrow: float = 
         seed=args.seed,
         progress=False,
         regrow=regrow,
+        teacher=model,
+        distill=distill,
     )
     size = SizeCost()(measure_layers(qmodel, plan))
     return Result(
@@ -179,7 +183,7 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
             **refresh,
         )
         search_s = time.perf_counter() - t0
-        r = _finetuned(model, res.plan, res.masks, data, args, regrow=args.regrow)
+        r = _finetuned(model, res.plan, res.masks, data, args, regrow=args.regrow, distill=args.distill)
         r.note = " ".join(f"{lp.weight_bits}b/{lp.sparsity:.0%}" for lp in res.plan.layers)
         r.note += f"  (bits/zeros per layer; planned size {res.plan.achieved_cost:.4f})"
         r.seconds += search_s
@@ -330,6 +334,7 @@ def run_device(name: str, fraction: float, args) -> dict:
             finetune_epochs=args.epochs,
             finetune_lr=args.lr,
             regrow=args.regrow,
+            distill=args.distill,
             strategy=args.strategy,
             optimizer=args.optimizer,
             schedule=args.schedule,
@@ -352,13 +357,20 @@ def run_device(name: str, fraction: float, args) -> dict:
             "limit": float(loop["targets"].get("lut", float("nan"))),
             "fits": bool(loop["fits"]),
             "iterations": int(loop["iterations"]),
+            "chosen": int(loop["chosen_iteration"]),
+            "history": [
+                (h["iteration"], h["accuracy"], h["val_accuracy"], h["accurate"].get("lut"))
+                for h in loop["history"]
+            ],
         }
     print(
         f"  {row['budget']:>14}: fitc {100 * row['acc']:6.2f}, LUT {row['lut']:.0f} / "
-        f"{row['limit']:.0f}, fits {row['fits']}, {row['iterations']} loop iterations; {layers} "
+        f"{row['limit']:.0f}, fits {row['fits']}, {row['iterations']} loop iterations (kept {row['chosen']}); {layers} "
         f"(w/a bits, zeros) [{time.perf_counter() - t0:.1f} s]",
         flush=True,
     )
+    for k, acc, val, lut in row["history"]:
+        print(f"      iteration {k}: test {100 * acc:.2f}, val {100 * val:.2f}, LUT {lut:.0f}")
     return row
 
 
@@ -442,6 +454,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--regrow", type=float, default=defaults.regrow, help="prune-and-regrow fraction (0: fixed)"
     )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=defaults.distill,
+        help="fitc's distillation weight (the float model teaches; 0: off)",
+    )
     p.add_argument("--optimizer", default=defaults.optimizer)
     p.add_argument("--schedule", default=defaults.schedule)
     p.add_argument(
@@ -491,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs or ModelSpec.finetune_epochs} epochs, "
         f"{args.optimizer}, lr {args.lr:g}, {args.schedule}, batch "
-        f"{args.batch_size}, per-layer pruning {args.per_layer_prune}, regrow {args.regrow:g}, "
+        f"{args.batch_size}, per-layer pruning {args.per_layer_prune}, regrow {args.regrow:g}, distill {args.distill:g}, "
         f"seeds {args.seeds}"
     )
 

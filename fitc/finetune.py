@@ -20,6 +20,9 @@ Contract (:func:`finetune`):
   gradient; their optimizer state reset), ``f`` decaying from ``regrow`` to 0 on a half cosine.
   Every layer keeps exactly its non-zero count, so size and BOPs stay the plan's; the final
   support is the fine-tuned model's non-zero integer weights (the pipeline stores it in model.pt);
+- with a ``teacher`` (the float model) and ``distill`` > 0, the loss is knowledge distillation
+  (Hinton et al. 2015): ``(1 - distill)·CE(y) + distill·T²·KL(softmax(teacher/T) ‖ softmax(out/T))``
+  at temperature ``T = DISTILL_T``; the teacher's outputs are computed once, in eval mode;
 - the epoch with the best validation accuracy (epoch 0 = the calibrated model before training, so
   fine-tuning never makes it worse on validation) is restored at the end; the model is left in
   eval mode;
@@ -64,6 +67,9 @@ REGROW_UNTIL = 0.75
 #: digits-mlp 0.7–0.8 points at 1/16 and 1/32 (45–75 % sparse), where the searched support is
 #: already good and moving 30 % of it only disturbs the fine-tuning.
 REGROW_MAX_DENSITY = 0.2
+#: Distillation temperature: soft targets at T = 4 carry the float model's ranking of the wrong
+#: classes, which is what a heavily quantized student can still match.
+DISTILL_T = 4.0
 
 
 def support_of(qmodel: nn.Module, masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -150,6 +156,8 @@ def finetune(
     progress: bool = True,
     num_threads: int | None = None,
     regrow: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> dict[str, Any]:
     """Fine-tune ``qmodel`` in place on ``data`` (a :class:`fitc.models.Dataset`); return metrics.
 
@@ -173,6 +181,10 @@ def finetune(
         raise ConfigError(f"finetune lr must be a finite number > 0, got {lr!r}")
     if not (0.0 <= regrow < 1.0):
         raise ConfigError(f"regrow must be a fraction in [0, 1), got {regrow!r}")
+    if not (0.0 <= distill <= 1.0):
+        raise ConfigError(f"distill must be a weight in [0, 1], got {distill!r}")
+    if distill > 0 and teacher is None:
+        raise ConfigError("distill > 0 needs a teacher (the float model) to distill from")
     if num_threads is None:
         num_threads = 1 if _macs_per_sample(qmodel, data) < 1_000_000 else torch.get_num_threads()
     saved_threads = torch.get_num_threads()
@@ -191,6 +203,8 @@ def finetune(
             seed=seed,
             progress=progress,
             regrow=regrow,
+            teacher=teacher if distill > 0 else None,
+            distill=distill,
         )
     finally:
         torch.set_num_threads(saved_threads)
@@ -200,6 +214,18 @@ def _macs_per_sample(qmodel: nn.Module, data: Any) -> int:
     layers = quant_layers(qmodel)
     pos = out_positions(qmodel, layers, tuple(np.asarray(data.X_train).shape[1:]))
     return sum(m.weight.numel() * pos.get(n, 1) for n, m in layers.items())
+
+
+@torch.no_grad()
+def _teacher_probs(teacher: nn.Module, X: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The teacher's soft targets ``softmax(logits / DISTILL_T)`` on ``X``, in eval mode."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        logits = torch.cat([teacher(xb) for xb in torch.split(X, max(256, batch_size))])
+    finally:
+        teacher.train(was_training)
+    return torch.softmax(logits.float() / DISTILL_T, dim=1)
 
 
 def _finetune(
@@ -216,6 +242,8 @@ def _finetune(
     seed: int,
     progress: bool,
     regrow: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     X = torch.as_tensor(np.asarray(data.X_train), dtype=torch.float32)
@@ -245,6 +273,7 @@ def _finetune(
         else None
     )
     loss_fn = nn.CrossEntropyLoss()
+    soft = _teacher_probs(teacher, X, batch_size) if teacher is not None else None
 
     pruned = {n: s for n, s in support.items() if masks and n in masks and not bool(s.all())}
     kept = sum(int(s.sum()) for s in pruned.values()) / max(
@@ -270,6 +299,12 @@ def _finetune(
             out = qmodel(X[idx])
             out = out.value if hasattr(out, "value") else out
             loss = loss_fn(out, y[idx])
+            if soft is not None:
+                kd = nn.functional.kl_div(
+                    nn.functional.log_softmax(out / DISTILL_T, dim=1), soft[idx],
+                    reduction="batchmean",
+                )  # fmt: skip
+                loss = (1.0 - distill) * loss + distill * DISTILL_T**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for name, s in support.items():

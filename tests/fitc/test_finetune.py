@@ -168,3 +168,35 @@ def test_regrow_must_be_a_fraction(trained):
     qmodel, _, masks = _build(trained)
     with pytest.raises(ConfigError, match="regrow"):
         finetune(qmodel, masks, _small(trained[2]), epochs=1, regrow=1.5, progress=False)
+
+
+def test_distillation_learns_from_the_teacher_not_the_labels(trained):
+    """distill=1 trains on the float model's soft targets alone: scrambled labels give the very
+    same weights; at distill=0 (cross-entropy) they do not, and a mixed weight is a third run."""
+    model, _, data, _ = trained
+    data = _small(data, 384)
+    scrambled = dataclasses.replace(data, y_train=torch.roll(torch.as_tensor(data.y_train), 1).numpy())
+
+    def weights(d, distill):
+        qmodel, _, masks = _build(trained)
+        finetune(qmodel, masks, d, epochs=2, seed=0, teacher=model, distill=distill, progress=False)
+        return [m.weight.detach().clone() for m in quant_layers(qmodel).values()]
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    kd = weights(data, 1.0)
+    assert same(kd, weights(scrambled, 1.0))
+    assert not same(weights(data, 0.0), weights(scrambled, 0.0))
+    assert not same(kd, weights(data, 0.5))
+    assert model.training is False  # the teacher is left as it was
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [({"distill": 1.5}, "distill must be a weight"), ({"distill": 0.5}, "needs a teacher")],
+)
+def test_distill_needs_a_weight_and_a_teacher(trained, kwargs, pattern):
+    qmodel, _, masks = _build(trained)
+    with pytest.raises(ConfigError, match=pattern):
+        finetune(qmodel, masks, _small(trained[2]), epochs=1, progress=False, **kwargs)
