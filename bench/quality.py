@@ -2,7 +2,9 @@
 
 For each model: train the float model once (seeded), estimate its Fisher once, then for each
 size budget build, calibrate and fine-tune (identical settings for every method, except that
-fitc's pruning support moves while it fine-tunes, --regrow, and the baselines keep theirs):
+fitc fine-tunes as the pipeline does: a sparse plan's pruning support moves, --regrow, and a
+denser plan learns from the float model too, --distill; the baselines fine-tune their fixed masks
+on the labels, as those methods are defined):
 
   fitc      FITCompress search with the pipeline's defaults (fitc.config.RunConfig): mixed weight
             bits + Fisher-importance pruning (a ladder per layer; --global-prune: one global
@@ -183,7 +185,9 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
             **refresh,
         )
         search_s = time.perf_counter() - t0
-        r = _finetuned(model, res.plan, res.masks, data, args, regrow=args.regrow, distill=args.distill)
+        r = _finetuned(
+            model, res.plan, res.masks, data, args, regrow=args.regrow, distill=args.distill
+        )
         r.note = " ".join(f"{lp.weight_bits}b/{lp.sparsity:.0%}" for lp in res.plan.layers)
         r.note += f"  (bits/zeros per layer; planned size {res.plan.achieved_cost:.4f})"
         r.seconds += search_s
@@ -448,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         "--epochs",
         type=int,
         default=defaults.finetune_epochs,
-        help="fine-tuning epochs (all methods; default: the model's own, 30 for the digits models)",
+        help="fine-tuning epochs (all methods; default: the model's own, 30 for the digits models; "
+        "device rows: the pipeline's, twice that where activation bits are searched)",
     )
     p.add_argument("--lr", type=float, default=defaults.finetune_lr, help="fine-tuning lr")
     p.add_argument(
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         "--distill",
         type=float,
         default=defaults.distill,
-        help="fitc's distillation weight (the float model teaches; 0: off)",
+        help="fitc's distillation weight for plans that are not sparse (the float model teaches; 0: off)",
     )
     p.add_argument("--optimizer", default=defaults.optimizer)
     p.add_argument("--schedule", default=defaults.schedule)
@@ -507,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     if device_rows:
         print_device_table(device_rows, len(args.seeds))
     print(
-        f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs or ModelSpec.finetune_epochs} epochs, "
+        f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs or f'{ModelSpec.finetune_epochs} (device rows: the pipeline default)'} epochs, "
         f"{args.optimizer}, lr {args.lr:g}, {args.schedule}, batch "
         f"{args.batch_size}, per-layer pruning {args.per_layer_prune}, regrow {args.regrow:g}, distill {args.distill:g}, "
         f"seeds {args.seeds}"

@@ -61,10 +61,14 @@ class RunConfig:
     lam: float = 1.0
     refresh_every: int = 10  # re-estimate the Fisher every k expansions; 0 = never
     # fine-tuning
-    finetune_epochs: int | None = None  # None: the model's own default (zoo: 30, resnet8: 10)
+    # None: the model's own default (zoo: 30, resnet8: 10), twice that when activation bits are
+    # searched (hardware budgets): low-bit activations take longer to recover
+    finetune_epochs: int | None = None
     finetune_lr: float = 1e-2
     regrow: float = 0.3  # prune-and-regrow: fraction of each layer's support moved (0: fixed)
-    distill: float = 0.0  # knowledge distillation from the float model: the soft loss's weight
+    # knowledge distillation from the float model: the soft loss's weight (plans that are not
+    # sparse; sparse ones regrow instead, fitc.finetune)
+    distill: float = 0.3
     optimizer: str = "adam"
     schedule: str = "cosine"
     # hardware

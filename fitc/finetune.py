@@ -20,9 +20,12 @@ Contract (:func:`finetune`):
   gradient; their optimizer state reset), ``f`` decaying from ``regrow`` to 0 on a half cosine.
   Every layer keeps exactly its non-zero count, so size and BOPs stay the plan's; the final
   support is the fine-tuned model's non-zero integer weights (the pipeline stores it in model.pt);
-- with a ``teacher`` (the float model) and ``distill`` > 0, the loss is knowledge distillation
-  (Hinton et al. 2015): ``(1 - distill)·CE(y) + distill·T²·KL(softmax(teacher/T) ‖ softmax(out/T))``
-  at temperature ``T = DISTILL_T``; the teacher's outputs are computed once, in eval mode;
+- with a ``teacher`` (the float model) and ``distill`` > 0, and when the plan is not sparse in
+  the sense above (the pruned layers keep more than ``REGROW_MAX_DENSITY`` of their weights, or
+  nothing is pruned), the loss is knowledge distillation (Hinton et al. 2015):
+  ``(1 - distill)·CE(y) + distill·T²·KL(softmax(teacher/T) ‖ softmax(out/T))`` at temperature
+  ``T = DISTILL_T``; the teacher's outputs are computed once, in eval mode. Sparse plans train on
+  the labels alone: there the student is too far from the teacher to follow its soft targets;
 - the epoch with the best validation accuracy (epoch 0 = the calibrated model before training, so
   fine-tuning never makes it worse on validation) is restored at the end; the model is left in
   eval mode;
@@ -68,7 +71,10 @@ REGROW_UNTIL = 0.75
 #: already good and moving 30 % of it only disturbs the fine-tuning.
 REGROW_MAX_DENSITY = 0.2
 #: Distillation temperature: soft targets at T = 4 carry the float model's ranking of the wrong
-#: classes, which is what a heavily quantized student can still match.
+#: classes, which a quantized student can still match. Distillation is for plans that are not
+#: sparse (above): at size 1/16 (45–75 % sparse) a weight of 0.3 lifted digits-mlp from 97.12 to
+#: 97.68 % (3 seeds); at 1/64 (≥ 85 % sparse, where regrowth runs) a weight of 0.5 cost 1.0 point
+#: on digits-mlp and 2.8 on digits-cnn (seed 0).
 DISTILL_T = 4.0
 
 
@@ -273,15 +279,14 @@ def _finetune(
         else None
     )
     loss_fn = nn.CrossEntropyLoss()
-    soft = _teacher_probs(teacher, X, batch_size) if teacher is not None else None
 
     pruned = {n: s for n, s in support.items() if masks and n in masks and not bool(s.all())}
     kept = sum(int(s.sum()) for s in pruned.values()) / max(
         1, sum(s.numel() for s in pruned.values())
     )
-    regrow_epochs = (
-        int(REGROW_UNTIL * epochs) if regrow > 0 and pruned and kept <= REGROW_MAX_DENSITY else 0
-    )
+    sparse = bool(pruned) and kept <= REGROW_MAX_DENSITY
+    regrow_epochs = int(REGROW_UNTIL * epochs) if regrow > 0 and sparse else 0
+    soft = _teacher_probs(teacher, X, batch_size) if teacher is not None and not sparse else None
     grads = {n: torch.zeros_like(layers[n].weight) for n in pruned} if regrow_epochs else {}
     moved = 0
 
@@ -350,6 +355,7 @@ def _finetune(
         "finetune_time_s": round(wall, 3),
         "finetune_val_history": history,
         **({"finetune_regrown": moved} if regrow_epochs else {}),
+        **({"finetune_distill": distill} if soft is not None else {}),
     }
 
 

@@ -8,14 +8,16 @@ function of that history and the user's targets:
   and uses less than ``fill_below`` of its binding budget: then recalibrate and search once more
   ("fill": the calibrated search spends the budget the fast model's caution left unused);
 - the iteration limit is reached → stop ("max_iterations");
-- the worst overshoot did not shrink by at least ``min_improvement`` since the previous iteration
-  → stop ("stalled");
+- the worst overshoot did not shrink by at least ``min_improvement`` since the previous iteration,
+  which missed too → stop ("stalled"); a fill that overshoots is tightened like any calibrated
+  miss (the design it filled stays a candidate);
 - otherwise → recalibrate the fast model per layer (factor = accurate / raw fast estimate of the
   last design), and for every target still missed after a calibrated search, tighten the limit the
   search sees in proportion to the miss (``limit · target / measured · margin``).
 
-The pipeline keeps the design that fits with the highest validation accuracy; when none fits it
-keeps the one closest to the targets.
+The pipeline keeps the design that fits with the highest validation accuracy, a tie going to the
+design that uses more of the budget (:func:`keep`); when none fits it keeps the one closest to
+the targets.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def next_step(
         return LoopDecision(True, "max_iterations")
     if len(history) >= 2:
         before = overshoot(history[-2].accurate, targets)
-        if worst > before * (1.0 - min_improvement):
+        if before > 1.0 and worst > before * (1.0 - min_improvement):
             return LoopDecision(True, "stalled")
 
     limits = dict(last.limits)
@@ -118,6 +120,16 @@ def next_step(
     return LoopDecision(
         False, "recalibrate" if not last.calibrated else "tighten", limits, calibration
     )
+
+
+def keep(history: list[LoopIteration], targets: dict[str, float]) -> LoopIteration:
+    """The design the loop keeps: among those that fit, the highest validation accuracy, a tie
+    going to the one that uses more of its binding budget (more bits and weights for the same
+    evidence); when none fits, the one closest to the targets."""
+    fitting = [h for h in history if overshoot(h.accurate, targets) <= 1.0]
+    if not fitting:
+        return min(history, key=lambda h: overshoot(h.accurate, targets))
+    return max(fitting, key=lambda h: (h.val_accuracy, overshoot(h.accurate, targets)))
 
 
 def record_iteration(k, decision, calibration, plan, hw, accurate, metrics, wall) -> LoopIteration:

@@ -122,7 +122,9 @@ def run_summary(run_dir: str | Path, targets: dict[str, float] | None = None) ->
     if "lower" in stages and m.get("io_type"):
         out["firmware"] = {"io_type": m["io_type"], "why": m.get("io_type_reason", "")}
         if m.get("strategy"):
-            out["firmware"].update(strategy=m["strategy"], strategy_why=m.get("strategy_reason", ""))
+            out["firmware"].update(
+                strategy=m["strategy"], strategy_why=m.get("strategy_reason", "")
+            )
     out["next"] = _next_commands(d, cfg, stages, hw.get("backend") or cfg.get("backend"))
     return out
 

@@ -49,7 +49,9 @@ def choose_strategy(
     if requested in STRATEGIES:
         return StrategyChoice(requested, f"as configured (strategy: {requested})")
     if requested != AUTO:
-        raise ValueError(f"strategy must be auto or one of {', '.join(STRATEGIES)}, got {requested!r}")
+        raise ValueError(
+            f"strategy must be auto or one of {', '.join(STRATEGIES)}, got {requested!r}"
+        )
     if not hardware_budget:
         return StrategyChoice("Latency", "auto: no hardware budget, hls4ml's default")
     if io_type != "io_parallel" or reuse_factor != 1:

@@ -175,7 +175,9 @@ def test_distillation_learns_from_the_teacher_not_the_labels(trained):
     same weights; at distill=0 (cross-entropy) they do not, and a mixed weight is a third run."""
     model, _, data, _ = trained
     data = _small(data, 384)
-    scrambled = dataclasses.replace(data, y_train=torch.roll(torch.as_tensor(data.y_train), 1).numpy())
+    scrambled = dataclasses.replace(
+        data, y_train=torch.roll(torch.as_tensor(data.y_train), 1).numpy()
+    )
 
     def weights(d, distill):
         qmodel, _, masks = _build(trained)
@@ -187,9 +189,29 @@ def test_distillation_learns_from_the_teacher_not_the_labels(trained):
 
     kd = weights(data, 1.0)
     assert same(kd, weights(scrambled, 1.0))
+    qmodel, _, masks = _build(trained)
+    metrics = finetune(qmodel, masks, data, epochs=1, teacher=model, distill=0.3, progress=False)
+    assert metrics["finetune_distill"] == 0.3
     assert not same(weights(data, 0.0), weights(scrambled, 0.0))
     assert not same(kd, weights(data, 0.5))
     assert model.training is False  # the teacher is left as it was
+
+
+def test_sparse_plans_train_on_the_labels_even_with_a_teacher(trained):
+    """A plan whose pruned layers keep ≤ 20 % of their weights is fine-tuned on the labels (and
+    regrown), distillation or not: scrambled labels change the result, and none is recorded."""
+    model, _, data, _ = trained
+    data = _small(data, 384)
+    scrambled = dataclasses.replace(
+        data, y_train=torch.roll(torch.as_tensor(data.y_train), 1).numpy()
+    )
+    runs = []
+    for d in (data, scrambled):
+        qmodel, _, masks = _build(trained, sparsity=0.9)
+        m = finetune(qmodel, masks, d, epochs=2, teacher=model, distill=1.0, progress=False)
+        assert "finetune_distill" not in m
+        runs.append([w.weight.detach().clone() for w in quant_layers(qmodel).values()])
+    assert not all(torch.equal(x, y) for x, y in zip(*runs, strict=True))
 
 
 @pytest.mark.parametrize(

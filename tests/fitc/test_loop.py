@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from fitc.loop import LoopIteration, next_step, overshoot
+from fitc.loop import LoopIteration, keep, next_step, overshoot
 
 TARGETS = {"lut": 10_000.0, "dsp": 0.0}
 
@@ -64,6 +65,29 @@ def test_no_improvement_stops():
     h = [it(1, 12_000.0, calibrated=False), it(2, 12_050.0, calibrated=True)]
     d = next_step(h, TARGETS)
     assert d.stop and d.reason == "stalled"
+
+
+def test_a_fill_that_overshoots_is_tightened_not_stalled():
+    """A fill from 70 % to 113 % of the budget (the calibrated model misjudged the fuller design)
+    is tightened in proportion; the under-filled design stays a candidate."""
+    h = [it(1, 7_000.0, calibrated=False), it(2, 11_300.0, calibrated=True)]
+    d = next_step(h, TARGETS, margin=0.97)
+    assert not d.stop and d.reason == "tighten"
+    assert math.isclose(d.limits["lut"], 10_000.0 * 10_000.0 / 11_300.0 * 0.97)
+
+
+def test_kept_design_is_the_best_fitting_on_validation_ties_to_the_fuller():
+    def acc(x, val):
+        return dataclasses.replace(x, val_accuracy=val)
+
+    small, full, over = (
+        acc(it(1, 8_000.0, calibrated=False), 0.97),
+        acc(it(2, 9_800.0, calibrated=True), 0.97),
+        acc(it(3, 10_200.0, calibrated=True), 0.99),
+    )
+    assert keep([small, full, over], TARGETS) is full  # a tie: the fuller design
+    assert keep([acc(small, 0.98), full], TARGETS).iteration == 1  # validation decides first
+    assert keep([over, acc(it(4, 12_000.0, calibrated=True), 1.0)], TARGETS) is over  # closest
 
 
 def test_iteration_limit_stops():
