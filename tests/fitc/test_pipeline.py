@@ -74,3 +74,24 @@ def test_device_budget_closes_the_loop_until_the_design_fits(tmp_path):
     assert metrics["emulation"]["max_abs_diff"] == 0 and metrics["emulation"]["identical_rows"] == 1
     assert all(h["max_abs_diff"] == 0 for h in metrics["equivalence"]["hops"])
     assert metrics["fits"] is True and metrics["resources"]["lut"] == chosen.accurate["lut"]
+
+
+def test_finetune_epochs_double_where_activation_bits_are_searched(monkeypatch):
+    """The model's own epochs under size budgets (8-bit activations), twice that under hardware
+    budgets (activation bits searched), unless the config fixes them or the activation ladder."""
+    from fitc.models import get_spec
+    from fitc.pipeline import LOW_BIT_ACT_EPOCHS, Run, finetune_epochs
+
+    monkeypatch.setattr(Run, "spec", property(lambda self: get_spec("digits-mlp")))
+    base = get_spec("digits-mlp").finetune_epochs
+    device = {"device": "xc7z020", "fraction": 0.1}
+    for kwargs, expected in (
+        ({}, base),
+        ({"budget": ("size=1/64",)}, base),
+        (device, base * LOW_BIT_ACT_EPOCHS),
+        ({"budget": ("lut=5000",)}, base * LOW_BIT_ACT_EPOCHS),
+        ({**device, "act_bits": (8,)}, base),
+        ({**device, "finetune_epochs": 7}, 7),
+    ):
+        run = Run(RunConfig(**kwargs), dir=None)  # type: ignore[arg-type]
+        assert finetune_epochs(run) == expected, kwargs
