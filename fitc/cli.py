@@ -254,7 +254,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
         metavar="WEIGHT",
         help="knowledge distillation from the float model while fine-tuning a plan that is not "
         "sparse (sparse ones regrow instead): the weight of the soft-target loss (temperature 4) "
-        "against cross-entropy, in [0, 1] (default 0.3; 0: cross-entropy only)",
+        "against cross-entropy, in [0, 1] (default 0.15; 0: cross-entropy only)",
     )
     for key in ("optimizer", "schedule"):
         names = config_choices(key)

@@ -68,7 +68,7 @@ class RunConfig:
     regrow: float = 0.3  # prune-and-regrow: fraction of each layer's support moved (0: fixed)
     # knowledge distillation from the float model: the soft loss's weight (plans that are not
     # sparse; sparse ones regrow instead, fitc.finetune)
-    distill: float = 0.3
+    distill: float = 0.15
     optimizer: str = "adam"
     schedule: str = "cosine"
     # hardware
