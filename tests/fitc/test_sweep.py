@@ -190,7 +190,7 @@ def test_expand_points_is_the_union_of_budget_flags_times_the_other_axes():
 def test_empty_axes_take_the_base_config():
     points = expand_points(SweepSpec(base={"budget": ["bops=1/50"], "strategy": "Resource"}))
     assert [p.key for p in points] == ["digits-mlp__bops=1-50__Resource__rf1"]
-    assert [p.key for p in expand_points(SweepSpec())] == ["digits-mlp__default__Latency__rf1"]
+    assert [p.key for p in expand_points(SweepSpec())] == ["digits-mlp__default__auto__rf1"]
     device = expand_points(SweepSpec.from_grid(budgets="device=xc7z020:0.25"))[0]
     assert "budget" not in device.config and device.run_config().fraction == 0.25
 
@@ -474,7 +474,7 @@ def test_model_labels_are_slugs_unique_per_reference():
         with pytest.raises(ConfigError, match="not a model reference"):
             check_model_ref(ref)
     spec = SweepSpec.from_grid(budgets=["size=1/8"], base={"model": "digits-mlp"})
-    assert [p.key for p in expand_points(spec)] == ["digits-mlp__size=1-8__Latency__rf1"]
+    assert [p.key for p in expand_points(spec)] == ["digits-mlp__size=1-8__auto__rf1"]
 
 
 def test_a_ledger_sweep_directory_must_be_absolute(tmp_path):
@@ -640,6 +640,7 @@ def test_point_metrics_flattens_a_finished_run(tmp_path):
                 "resources": res,
                 "fits": True,
                 "loop": {"iterations": 2, "stop_reason": "fits", "fits": True},
+                "strategy": "distributed_arithmetic",
             }
         },
     )
@@ -659,5 +660,6 @@ def test_point_metrics_flattens_a_finished_run(tmp_path):
         "fits": True,
         "loop_iterations": 2,
         "loop_stop_reason": "fits",
+        "firmware_strategy": "distributed_arithmetic",  # what strategy auto resolved to
         "run_dir": str(tmp_path),
     }
