@@ -79,13 +79,24 @@ class Result:
     note: str = ""
     seconds: float = 0.0
     accs: list[float] = field(default_factory=list)  # per seed (averaged rows)
+    exact: bool | None = None  # --verify: exported and checked bit for bit (fitc's designs)
 
 
 def _finetuned(
-    model, plan: CompressionPlan, masks, data, args, regrow: float = 0.0, distill: float = 0.0
+    model,
+    plan: CompressionPlan,
+    masks,
+    data,
+    args,
+    regrow: float = 0.0,
+    distill: float = 0.0,
+    verify: bool = False,
 ) -> Result:
     """Build, calibrate and fine-tune one plan; ``regrow``: fitc's pruning support moves (its
-    default), the baselines keep theirs (fixed magnitude masks, as those methods are defined)."""
+    default), the baselines keep theirs (fixed magnitude masks, as those methods are defined).
+    ``verify``: export the fine-tuned model to QONNX (and QCDQ) and check Brevitas ≡ qonnx ≡
+    onnxruntime bit for bit on the test split, and the graph's bits and non-zeros against the plan
+    (raises :class:`fitc.errors.EquivalenceError` otherwise)."""
     t0 = time.perf_counter()
     qmodel = apply_plan(model, plan, masks)
     calibrate(qmodel, data.X_train)
@@ -110,7 +121,18 @@ def _finetuned(
         val_acc=metrics["finetune_val_accuracy"],
         size=size,
         seconds=time.perf_counter() - t0,
+        exact=_verified(qmodel, plan, data) if verify else None,
     )
+
+
+def _verified(qmodel, plan: CompressionPlan, data) -> bool:
+    from fitc.export import check_equivalence, export_qonnx, verify_chain
+
+    shape = tuple(data.X_test.shape[1:])
+    with tempfile.TemporaryDirectory(prefix="fitc-quality-verify-") as tmp:
+        exported = export_qonnx(qmodel, shape, tmp, plan=plan)
+        check_equivalence(verify_chain(qmodel, exported, data.X_test, data.y_test, plan=plan))
+    return True
 
 
 def _pruned(plan: CompressionPlan) -> float:
@@ -186,7 +208,14 @@ def run_model(name: str, budgets: list[Budget], args) -> list[dict]:
         )
         search_s = time.perf_counter() - t0
         r = _finetuned(
-            model, res.plan, res.masks, data, args, regrow=args.regrow, distill=args.distill
+            model,
+            res.plan,
+            res.masks,
+            data,
+            args,
+            regrow=args.regrow,
+            distill=args.distill,
+            verify=args.verify,
         )
         r.note = " ".join(f"{lp.weight_bits}b/{lp.sparsity:.0%}" for lp in res.plan.layers)
         r.note += f"  (bits/zeros per layer; planned size {res.plan.achieved_cost:.4f})"
@@ -330,7 +359,7 @@ def run_device(name: str, fraction: float, args) -> dict:
             fraction=fraction,
             seed=args.seed,
             out=tmp,
-            until="finetune",
+            until="export" if args.verify else "finetune",  # export includes the verification
             progress=False,
             train_epochs=args.train_epochs,
             act_bits=(8,) if args.fixed_act else None,  # None: searched under a device budget
@@ -362,6 +391,7 @@ def run_device(name: str, fraction: float, args) -> dict:
             "fits": bool(loop["fits"]),
             "iterations": int(loop["iterations"]),
             "chosen": int(loop["chosen_iteration"]),
+            "exact": bool(args.verify) or None,  # run_pipeline raises unless bit-exact
             "history": [
                 (h["iteration"], h["accuracy"], h["val_accuracy"], h["accurate"].get("lut"))
                 for h in loop["history"]
@@ -465,6 +495,12 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.distill,
         help="fitc's distillation weight for plans that are not sparse (the float model teaches; 0: off)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="export every fitc design and check it bit for bit (Brevitas, qonnx, onnxruntime) "
+        "and against its plan's bits and non-zeros",
+    )
     p.add_argument("--optimizer", default=defaults.optimizer)
     p.add_argument("--schedule", default=defaults.schedule)
     p.add_argument(
@@ -511,6 +547,12 @@ def main(argv: list[str] | None = None) -> None:
         print_table(rows, len(args.seeds))
     if device_rows:
         print_device_table(device_rows, len(args.seeds))
+    if args.verify:
+        checked = [r["fitc"].exact for r in rows] + [r["exact"] for r in device_rows]
+        print(
+            f"\nfitc designs exported and bit-exact (Brevitas ≡ qonnx ≡ onnxruntime on the test "
+            f"split, bits and non-zeros equal to the plan): {sum(map(bool, checked))}/{len(checked)}"
+        )
     print(
         f"\ntotal {time.perf_counter() - t0:.0f} s; fine-tuning: {args.epochs or f'{ModelSpec.finetune_epochs} (device rows: the pipeline default)'} epochs, "
         f"{args.optimizer}, lr {args.lr:g}, {args.schedule}, batch "
