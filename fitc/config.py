@@ -146,7 +146,12 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}"
                 )
-        self.hardware()  # validates backend / io_type / strategy / reuse factor
+        if self.strategy not in ("auto", "Latency", "Resource", "distributed_arithmetic"):
+            raise ConfigError(
+                "strategy must be 'auto', 'Latency', 'Resource' or 'distributed_arithmetic', "
+                f"got {self.strategy!r}"
+            )
+        self.hardware()  # validates backend / io_type / reuse factor
 
     # ---------------------------------------------------------------------------------------
     def budgets(self) -> list[Budget]:
