@@ -47,7 +47,7 @@ def choose_strategy(
     if backend == "rtl":
         return StrategyChoice("distributed_arithmetic", "rtl backend: da4ml's adder graphs")
     if requested in STRATEGIES:
-        return StrategyChoice(requested, f"as configured (strategy: {requested})")
+        return StrategyChoice(requested, "as configured")
     if requested != AUTO:
         raise ValueError(
             f"strategy must be auto or one of {', '.join(STRATEGIES)}, got {requested!r}"
