@@ -306,6 +306,10 @@ class EquivalenceReport(_Json):
 # Hardware
 
 
+#: hls4ml's strategies, as the firmware config spells them (``RunConfig`` also takes ``"auto"``).
+STRATEGIES = ("Latency", "Resource", "distributed_arithmetic")
+
+
 @dataclass(frozen=True)
 class HardwareConfig(_Json):
     """What lowering and resource estimation assume about the target."""
@@ -330,7 +334,7 @@ class HardwareConfig(_Json):
             )
         if self.io_type not in ("io_parallel", "io_stream"):
             raise ConfigError(f"io_type must be 'io_parallel' or 'io_stream', got {self.io_type!r}")
-        if self.strategy not in ("Latency", "Resource", "distributed_arithmetic"):
+        if self.strategy not in STRATEGIES:
             raise ConfigError(
                 f"strategy must be 'Latency', 'Resource' or 'distributed_arithmetic', got {self.strategy!r}"
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fitc.artifacts import MAX_REUSE_FACTOR, Budget, HardwareConfig, check_part
+from fitc.artifacts import MAX_REUSE_FACTOR, STRATEGIES, Budget, HardwareConfig, check_part
 from fitc.errors import ConfigError
 
 
@@ -146,7 +146,7 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be a non-empty list of bit widths in 2..16, got {list(bits)}"
                 )
-        if self.strategy not in ("auto", "Latency", "Resource", "distributed_arithmetic"):
+        if self.strategy not in ("auto", *STRATEGIES):
             raise ConfigError(
                 "strategy must be 'auto', 'Latency', 'Resource' or 'distributed_arithmetic', "
                 f"got {self.strategy!r}"

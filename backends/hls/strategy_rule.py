@@ -27,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-STRATEGIES = ("Latency", "Resource", "distributed_arithmetic")
+from fitc.artifacts import STRATEGIES
+
 AUTO = "auto"
 
 
